@@ -1,0 +1,13 @@
+rule bench_cpu:
+    input:
+        onnx=f"{RUN}/{{variant}}/model.onnx",
+        metrics=f"{RUN}/{{variant}}/metrics.json",
+    output:
+        f"{RUN}/{{variant}}/bench_cpu.json",
+    params:
+        bench=config["bench"],
+    threads: workflow.cores  # alone on the machine: timings without neighbours
+    log:
+        "logs/bench_cpu/{model}_seed{seed}_{variant}.log",
+    script:
+        "../workflow_scripts/bench_cpu.py"

@@ -1,0 +1,54 @@
+# Names and parameter helpers shared by every stage. Config is already schema-validated.
+
+import math
+
+from snakemake.utils import available_cpu_count
+
+from qatstudy.data import raw_file_names
+from qatstudy.workflow import merged_settings, model_identity
+
+DATASET = config["dataset"]["name"]
+SPLITS = f"data/{DATASET}/splits.npz"
+MODELS = list(config["models"])
+SEEDS = config["seeds"]
+BIT_TAGS = [f"w{b}a{b}" for b in config["bits"]]
+RUN = "runs/{model}/seed{seed}"
+TABLES = ["results/tables/accuracy.csv", "results/tables/bench.csv", "results/tables/summary.md"]
+FIGURE_NAMES = ["accuracy_by_bits", "accuracy_vs_latency"]
+FIGURES = expand("results/figures/{name}.{ext}", name=FIGURE_NAMES, ext=["png", "svg", "html"])
+DEPLOYED = ["fp32"] + [f"qat_{tag}" for tag in BIT_TAGS]  # the variants exported and benchmarked
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    seed=r"\d+",
+    tag=r"w\d+a\d+",
+    variant=r"fp32|qat_w\d+a\d+",
+
+
+CPUS = available_cpu_count()
+
+
+def cpu_share(cpus):
+    """The --cores budget a job running `cpus` threads must reserve so that jobs together never use
+    more CPUs than this machine has, whatever --cores says (jobs scale back: workflow.job_threads)."""
+    return max(1, min(workflow.cores, math.ceil(cpus * workflow.cores / CPUS)))
+
+
+def identity(wildcards):
+    return model_identity(wildcards.model, config)
+
+
+def train_settings(stage):
+    return lambda wildcards: merged_settings(config, stage, wildcards.model)
+
+
+def run_files(pattern, variants=None):
+    """Every model x seed (x variant) instance of a per-run file pattern."""
+    variants = variants if variants is not None else [None]
+    return [
+        pattern.format(model=m, seed=s, variant=v)
+        for m in MODELS
+        for s in SEEDS
+        for v in variants
+    ]

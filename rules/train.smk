@@ -1,0 +1,17 @@
+rule train_fp32:
+    input:
+        data=SPLITS,
+    output:
+        checkpoint=f"{RUN}/fp32/model.pt",
+        metrics=f"{RUN}/fp32/metrics.json",
+    params:
+        identity=identity,
+        settings=train_settings("train"),
+        pretrained=lambda w: config["models"][w.model]["pretrained"],
+    threads: cpu_share(config["threads"]["train"])
+    log:
+        "logs/train_fp32/{model}_seed{seed}.log",
+    benchmark:
+        "benchmarks/train_fp32/{model}_seed{seed}.tsv"
+    script:
+        "../workflow_scripts/train_fp32.py"

@@ -1,0 +1,1 @@
+"""qat-study: quantization-aware training of ViTs vs CNNs."""

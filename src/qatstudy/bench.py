@@ -1,0 +1,70 @@
+"""Local deployment benchmark: onnxruntime on CPU, latency percentiles, throughput and memory.
+
+Imports neither torch nor timm, so the process's memory is the runtime's and the model's.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .runtime import session
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        return _status_bytes("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def benchmark_onnx(onnx_path: str | Path, input_shape: tuple[int, ...], batch_sizes: list[int], *, threads: int,
+                   warmup: int, iterations: int, seed: int = 0) -> list[dict]:
+    """One row per batch size. Peak memory: the process's peak RSS above its RSS before loading the model."""
+    _reset_peak_rss()
+    try:
+        baseline = _status_bytes("VmRSS")
+    except (OSError, KeyError):
+        baseline = _peak_rss_bytes()
+    sess = session(onnx_path, threads)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for batch in sorted(batch_sizes):
+        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        for _ in range(warmup):
+            sess.run(None, {"input": x})
+        times = []
+        for _ in range(iterations):
+            start = time.perf_counter()
+            sess.run(None, {"input": x})
+            times.append((time.perf_counter() - start) * 1000.0)
+        times_ms = np.asarray(times)
+        rows.append({"backend": "onnxruntime-cpu", "batch": batch, "threads": threads, "iterations": iterations,
+                     "latency_ms_p50": float(np.percentile(times_ms, 50)),
+                     "latency_ms_p99": float(np.percentile(times_ms, 99)),
+                     "latency_ms_mean": float(times_ms.mean()),
+                     "throughput_ips": float(batch * 1000.0 / times_ms.mean()),
+                     "model_bytes": Path(onnx_path).stat().st_size,
+                     "peak_mem_bytes": _peak_rss_bytes() - baseline})
+    return rows

@@ -1,0 +1,32 @@
+"""Quantization: LSQ quantizers, layer wrapping, calibration (one small module family)."""
+
+from .calibrate import CALIBRATION_METHODS, calibrate, init_step_size
+from .modules import (
+    QuantConv2d,
+    QuantLinear,
+    QuantScheme,
+    export_mode,
+    model_size_bytes,
+    quant_modules,
+    quantize_model,
+    quantizers,
+)
+from .quantizer import LSQQuantizer, integer_range, round_ste, scale_grad
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "LSQQuantizer",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantScheme",
+    "calibrate",
+    "export_mode",
+    "init_step_size",
+    "integer_range",
+    "model_size_bytes",
+    "quant_modules",
+    "quantize_model",
+    "quantizers",
+    "round_ste",
+    "scale_grad",
+]

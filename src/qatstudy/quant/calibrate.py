@@ -1,0 +1,125 @@
+"""Step-size initialisation: weights from their values, activations from a few batches.
+
+Methods: `minmax` (step = max|x| / q_max), `percentile` (99.99th percentile of |x|), and `mse`
+(the clipping range that minimises the squared quantization error, searched on a grid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .modules import quant_modules
+from .quantizer import LSQQuantizer, integer_range
+
+CALIBRATION_METHODS = ("minmax", "percentile", "mse")
+_MAX_SAMPLES = 1 << 16  # activation values kept per quantizer; enough for a stable percentile
+_MSE_GRID = torch.linspace(0.05, 1.0, 48)
+
+
+def _fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    return torch.clamp(torch.round(x / step), qmin, qmax) * step
+
+
+def init_step_size(x: torch.Tensor, bits: int, signed: bool, method: str) -> torch.Tensor:
+    """Initial step size per row of `x` (shape [channels, values])."""
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {CALIBRATION_METHODS}")
+    qmin, qmax = integer_range(bits, signed)
+    absx = x.abs().float()
+    amax = absx.amax(dim=1)
+    if method == "minmax":
+        return amax / qmax
+    if method == "percentile":
+        return torch.quantile(absx, 0.9999, dim=1) / qmax
+    # mse: evaluate every candidate clipping range, keep the best per row
+    steps = amax[None, :] * _MSE_GRID[:, None] / qmax  # [grid, rows]
+    errors = torch.stack(
+        [((_fake_quant(x, s[:, None].clamp_min(1e-12), qmin, qmax) - x) ** 2).mean(dim=1) for s in steps]
+    )
+    return steps.gather(0, errors.argmin(dim=0, keepdim=True))[0]
+
+
+def _init_weight_quantizer(q: LSQQuantizer, weight: torch.Tensor, method: str) -> None:
+    rows = weight.detach().reshape(weight.shape[0], -1)
+    q.init_step(init_step_size(rows, q.bits, q.signed, method))
+
+
+class _ActivationRecorder:
+    """Keeps a bounded random sample of a layer's inputs and their minimum."""
+
+    def __init__(self, generator: torch.Generator):
+        self.samples: list[torch.Tensor] = []
+        self.count = 0
+        self.minimum = float("inf")
+        self.generator = generator
+
+    def __call__(self, _module, args) -> None:
+        x = args[0].detach().reshape(-1)
+        self.minimum = min(self.minimum, float(x.min()))
+        if x.numel() > _MAX_SAMPLES:
+            x = x[torch.randint(0, x.numel(), (_MAX_SAMPLES,), generator=self.generator)]
+        self.samples.append(x)
+        self.count += x.numel()
+
+    def values(self) -> torch.Tensor:
+        x = torch.cat(self.samples)
+        if x.numel() > _MAX_SAMPLES:
+            x = x[torch.randperm(x.numel(), generator=self.generator)[:_MAX_SAMPLES]]
+        return x
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "mse", seed: int = 0) -> int:
+    """Initialise every quantizer's step size; returns the number of images seen.
+
+    Activation ranges are observed on the float model (all quantizers bypassed), the standard
+    post-training calibration; an input that is never negative gets an unsigned quantizer.
+    """
+    layers = [m for _, m in quant_modules(model)]
+    generator = torch.Generator().manual_seed(seed)
+    recorders = {}
+    hooks = []
+    for layer in layers:
+        _init_weight_quantizer(layer.weight_quantizer, layer.weight, method)
+        recorders[layer] = _ActivationRecorder(generator)
+        hooks.append(layer.register_forward_pre_hook(recorders[layer]))
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        with bypass_quantizers(layers):
+            for x in batches:
+                model(x)
+                seen += x.shape[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("calibration needs at least one batch")
+    for layer, recorder in recorders.items():
+        q = layer.input_quantizer
+        q.signed = recorder.minimum < 0
+        q.init_step(init_step_size(recorder.values()[None, :], q.bits, q.signed, method))
+    return seen
+
+
+class bypass_quantizers:
+    """Context manager: weight and activation quantizers pass their input through unchanged."""
+
+    def __init__(self, layers):
+        self.layers = layers
+        self.saved = []
+
+    def __enter__(self):
+        for layer in self.layers:
+            self.saved.append((layer.weight_quantizer, layer.input_quantizer))
+            layer.weight_quantizer, layer.input_quantizer = nn.Identity(), nn.Identity()
+        return self
+
+    def __exit__(self, *exc):
+        for layer, (weight_q, input_q) in zip(self.layers, self.saved):
+            layer.weight_quantizer, layer.input_quantizer = weight_q, input_q

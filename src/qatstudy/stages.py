@@ -1,0 +1,137 @@
+"""The study's stages as plain functions: FP32 training, PTQ and QAT per bit-width.
+
+Each writes a self-describing checkpoint (architecture, kwargs, quantization scheme, weights)
+and a metrics JSON. Workflow entry points call these; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import quant
+from .batches import Splits, iterate_batches
+from .io import atomic_path, write_json
+from .models import count_parameters, create_model
+from .settings import TrainSettings
+from .train import evaluate, fit
+
+
+def build(arch: str, kwargs: dict, *, num_classes: int, in_chans: int, scheme: quant.QuantScheme | None = None,
+          pretrained: bool = False) -> nn.Module:
+    model = create_model(arch, num_classes=num_classes, in_chans=in_chans, kwargs=kwargs, pretrained=pretrained)
+    if scheme is not None:
+        quant.quantize_model(model, scheme)
+    return model
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, arch: str, kwargs: dict, num_classes: int,
+                    image_shape: tuple, scheme: quant.QuantScheme | None) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"arch": arch, "kwargs": kwargs, "num_classes": num_classes, "image_shape": list(image_shape),
+                    "scheme": None if scheme is None else {"w_bits": scheme.w_bits, "a_bits": scheme.a_bits},
+                    "state_dict": model.state_dict()}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint describes (quantizers included) and load its weights."""
+    ckpt = torch.load(path, weights_only=False, map_location="cpu")
+    scheme = quant.QuantScheme(**ckpt["scheme"]) if ckpt["scheme"] else None
+    model = build(ckpt["arch"], ckpt["kwargs"], num_classes=ckpt["num_classes"], in_chans=ckpt["image_shape"][0],
+                  scheme=scheme)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+def _record(model: nn.Module, splits: Splits, identity: dict, **extra) -> dict:
+    sizes = quant.model_size_bytes(model)
+    return {**identity, "input_shape": list(splits.image_shape), "params": count_parameters(model) - sum(q.step.numel() for _, q in quant.quantizers(model)),
+            "val_top1": evaluate(model, splits.x["val"], splits.y["val"]),
+            "test_top1": evaluate(model, splits.x["test"], splits.y["test"]), **sizes, **extra}
+
+
+def train_fp32(*, data: str, arch: str, kwargs: dict, identity: dict, settings: TrainSettings, seed: int,
+               pretrained: bool, checkpoint: str, metrics: str, log=print) -> dict:
+    splits = Splits(data)
+    num_classes = int(splits.y["train"].max()) + 1
+    torch.manual_seed(seed)
+    model = build(arch, kwargs, num_classes=num_classes, in_chans=splits.image_shape[0], pretrained=pretrained)
+    log(f"{arch}: {count_parameters(model):,} parameters, training on {len(splits.y['train'])} images")
+    result = fit(model, splits, settings, seed=seed, resume_path=Path(checkpoint).with_suffix(".resume"),
+                 desc=f"{identity['model']} fp32", log=log)
+    record = _record(model, splits, {**identity, "method": "fp32", "w_bits": 32, "a_bits": 32, "seed": seed}, **result)
+    save_checkpoint(checkpoint, model, arch=arch, kwargs=kwargs, num_classes=num_classes,
+                    image_shape=splits.image_shape, scheme=None)
+    write_json(metrics, record)
+    Path(checkpoint).with_suffix(".resume").unlink(missing_ok=True)
+    log(f"fp32 val {record['val_top1']:.2f}%, test {record['test_top1']:.2f}%")
+    return record
+
+
+def _quantized_from_fp32(fp32_checkpoint: str, scheme: quant.QuantScheme, splits: Splits, *, calibration: str,
+                         calib_images: int, batch_size: int, seed: int) -> tuple[nn.Module, dict]:
+    fp32, ckpt = load_checkpoint(fp32_checkpoint)
+    model = build(ckpt["arch"], ckpt["kwargs"], num_classes=ckpt["num_classes"], in_chans=ckpt["image_shape"][0],
+                  scheme=scheme)
+    model.load_state_dict(fp32.state_dict(), strict=False)  # quantizer steps are set by calibration
+    generator = torch.Generator().manual_seed(seed)
+    batches = (xb for xb, _ in iterate_batches(splits.x["train"], splits.y["train"], batch_size, shuffle=True,
+                                               generator=generator, limit=calib_images))
+    quant.calibrate(model, batches, method=calibration, seed=seed)
+    return model, ckpt
+
+
+def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, calibration: str,
+        calib_images: int, seed: int, metrics: str, log=print) -> dict:
+    """Post-training quantization: calibrate step sizes on a few training batches, no training."""
+    splits = Splits(data)
+    start = time.perf_counter()
+    model, _ = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
+                                    calib_images=calib_images, batch_size=128, seed=seed)
+    record = _record(model, splits, {**identity, "method": "ptq", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
+                                     "seed": seed}, calibration=calibration, calib_images=calib_images,
+                     calib_time_s=time.perf_counter() - start)
+    write_json(metrics, record)
+    log(f"ptq {scheme.tag}: val {record['val_top1']:.2f}%, test {record['test_top1']:.2f}%")
+    return record
+
+
+def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, settings: TrainSettings,
+        calibration: str, calib_images: int, seed: int, checkpoint: str, metrics: str, log=print) -> dict:
+    """Quantization-aware training: LSQ fake quantization initialised from the FP32 model, fine-tuned."""
+    splits = Splits(data)
+    model, ckpt = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
+                                       calib_images=calib_images, batch_size=settings.batch_size, seed=seed)
+    # Batch-norm statistics stay frozen at their FP32 values during the short fine-tune: the
+    # deployed graph then computes exactly what was trained (see README, "Batch norm").
+    freeze_batchnorm(model)
+    result = fit(model, splits, settings, seed=seed, resume_path=Path(checkpoint).with_suffix(".resume"),
+                 desc=f"{identity['model']} qat {scheme.tag}", log=log)
+    record = _record(model, splits, {**identity, "method": "qat", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
+                                     "seed": seed}, calibration=calibration, **result)
+    save_checkpoint(checkpoint, model, arch=ckpt["arch"], kwargs=ckpt["kwargs"], num_classes=ckpt["num_classes"],
+                    image_shape=ckpt["image_shape"], scheme=scheme)
+    write_json(metrics, record)
+    Path(checkpoint).with_suffix(".resume").unlink(missing_ok=True)
+    log(f"qat {scheme.tag}: val {record['val_top1']:.2f}%, test {record['test_top1']:.2f}%")
+    return record
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Keep every BatchNorm in eval mode (running statistics fixed) even when the model trains."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    original_train = model.train
+
+    def train(mode: bool = True):
+        original_train(mode)
+        for bn in bns:
+            bn.eval()
+        return model
+
+    model.train = train

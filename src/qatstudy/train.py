@@ -1,0 +1,101 @@
+"""The training engine shared by FP32 training and QAT: seeded, resumable, val-selected."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import timm.optim
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .batches import Splits, augment, iterate_batches
+from .io import atomic_path
+from .settings import TrainSettings
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for xb, yb in iterate_batches(x, y, batch_size):
+        correct += int((model(xb).argmax(dim=1) == yb).sum())
+    model.train(was_training)
+    return 100.0 * correct / len(y)
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+
+
+def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int, resume_path: str | Path,
+        desc: str = "train", log=print) -> dict:
+    """Train `model` in place and leave it at its best-validation epoch.
+
+    After every epoch the full training state is saved to `resume_path`; a rerun with the same
+    settings and seed continues from there. Returns the per-epoch history and timings.
+    """
+    resume_path = Path(resume_path)
+    fingerprint = settings.fingerprint(seed=seed, desc=desc)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=settings.lr, weight_decay=settings.weight_decay)
+    n_train = len(splits.y["train"]) if settings.images_per_epoch is None else min(settings.images_per_epoch, len(splits.y["train"]))
+    steps_per_epoch = -(-n_train // settings.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
+        pct_start=settings.warmup_fraction, anneal_strategy="cos")
+    state = {"epoch": 0, "history": [], "best_val": -1.0, "best_state": None, "train_time_s": 0.0}
+    if resume_path.exists():
+        saved = torch.load(resume_path, weights_only=False)
+        if saved.get("fingerprint") == fingerprint:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["rng"]["torch"])
+            generator.set_state(saved["rng"]["generator"])
+            state = saved["state"]
+            log(f"resumed {desc} from {resume_path} after epoch {state['epoch']}")
+        else:
+            log(f"ignoring {resume_path}: it was written with other settings")
+    for epoch in range(state["epoch"], settings.epochs):
+        model.train()
+        start = time.perf_counter()
+        total_loss, seen = 0.0, 0
+        batches = iterate_batches(splits.x["train"], splits.y["train"], settings.batch_size, shuffle=True,
+                                  generator=generator, limit=n_train)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{settings.epochs}",
+                   mininterval=5.0, leave=True)
+        for xb, yb in bar:
+            xb = augment(xb, settings.crop_padding, settings.hflip, generator)
+            loss = F.cross_entropy(model(xb), yb, label_smoothing=settings.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(yb)
+            seen += len(yb)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+        epoch_time = time.perf_counter() - start
+        val_top1 = evaluate(model, splits.x["val"], splits.y["val"])
+        state["history"].append({"epoch": epoch + 1, "train_loss": total_loss / seen, "val_top1": val_top1,
+                                 "epoch_time_s": epoch_time, "images_per_s": seen / epoch_time})
+        state["train_time_s"] += epoch_time
+        if val_top1 > state["best_val"]:
+            state["best_val"] = val_top1
+            state["best_state"] = copy.deepcopy(model.state_dict())
+        state["epoch"] = epoch + 1
+        log(f"{desc} epoch {epoch + 1}: loss {total_loss / seen:.4f}, val top-1 {val_top1:.2f}%, "
+            f"{seen / epoch_time:.0f} img/s")
+        with atomic_path(resume_path) as tmp:
+            torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": _rng_state(generator), "state": state}, tmp)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    best_epoch = max(state["history"], key=lambda h: h["val_top1"])["epoch"] if state["history"] else 0
+    return {"history": state["history"], "best_epoch": best_epoch, "train_time_s": state["train_time_s"]}

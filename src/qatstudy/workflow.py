@@ -1,0 +1,49 @@
+"""Glue between Snakemake and the package: config lookups and the entry-point wrapper."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+
+from .settings import TrainSettings
+
+_SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
+
+
+def merged_settings(config: dict, stage: str, model: str) -> dict:
+    """Global `train` / `qat` settings with the model's own overrides applied."""
+    settings = {**config[stage], **config["models"][model].get(stage, {})}
+    return {k: v for k, v in settings.items() if k in _SETTING_KEYS}
+
+
+def model_identity(model: str, config: dict) -> dict:
+    spec = config["models"][model]
+    return {"model": model, "family": spec["family"], "arch": spec["arch"], "kwargs": dict(spec.get("kwargs", {}))}
+
+
+def job_threads(snakemake) -> int:
+    """Threads a job may use: its share of --cores, scaled to the CPUs this machine really has."""
+    cpus = len(os.sched_getaffinity(0))
+    cores = getattr(snakemake.resources, "_cores", cpus)
+    return max(1, min(cpus, int(snakemake.threads * min(1.0, cpus / cores))))
+
+
+def run(snakemake, main, *, uses_torch: bool = True) -> None:
+    """Run `main(snakemake, log)` with stdout/stderr in the rule's log file and its thread budget."""
+    log_path = snakemake.log[0] if snakemake.log else None
+    stream = open(log_path, "w", buffering=1) if log_path else sys.stderr
+    with stream, contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+        def log(message: str) -> None:
+            print(message, flush=True)
+
+        try:
+            if uses_torch:
+                from .models import set_threads
+
+                set_threads(job_threads(snakemake))
+            main(snakemake, log)
+        except Exception:
+            traceback.print_exc()
+            raise

@@ -1,0 +1,28 @@
+"""The default and test configs validate against the schema that the workflow enforces."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "tests/configs/tiny.yaml"])
+def test_config_validates_and_gets_defaults(path):
+    config = yaml.safe_load((REPO / path).read_text())
+    validate(config, SCHEMA)
+    assert config["calibration"]["method"] in {"minmax", "percentile", "mse"}
+    assert config["threads"]["train"] >= 1
+    for model in config["models"].values():
+        assert model["family"] in {"cnn", "vit"}
+        assert "kwargs" in model and "pretrained" in model
+
+
+def test_default_study_has_two_cnns_and_two_vits():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    families = [m["family"] for m in config["models"].values()]
+    assert families.count("cnn") >= 2 and families.count("vit") >= 2
+    assert config["bits"] == [8, 6, 4, 3, 2]

@@ -1,0 +1,163 @@
+"""The whole DAG through Snakemake on a tiny config: outputs, no-op reruns, incremental bit-widths."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+
+from qatstudy.workflow import job_threads, merged_settings
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+needs_fashion_mnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                         reason="Debian's dataset-fashion-mnist is not installed (./bootstrap installs it)")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run."""
+    counts = {}
+    table = dry_run_output.split("Job stats:", 1)[1]
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("tiny_study")
+    snakemake(workdir, "--configfile", str(TINY), "--cores", "2", "all")
+    return workdir
+
+
+@needs_fashion_mnist
+def test_tiny_study_tables(tiny_study):
+    config = yaml.safe_load(TINY.read_text())
+    accuracy = pd.read_csv(tiny_study / "results/tables/accuracy.csv")
+    n_models, n_bits = len(config["models"]), len(config["bits"])
+    assert len(accuracy) == n_models * (1 + 2 * n_bits)
+    for column in ["model", "family", "method", "w_bits", "a_bits", "seed", "top1", "onnx_top1"]:
+        assert column in accuracy.columns
+    assert set(accuracy.method) == {"fp32", "ptq", "qat"}
+    assert set(accuracy[accuracy.method != "fp32"].w_bits) == set(config["bits"])
+    assert accuracy.top1.between(0, 100).all()
+    deployed = accuracy[accuracy.method != "ptq"]
+    assert deployed.onnx_top1.notna().all() and accuracy[accuracy.method == "ptq"].onnx_top1.isna().all()
+    quantized = accuracy[accuracy.method != "fp32"]
+    assert (quantized.packed_bytes < quantized.fp32_bytes).all()
+
+    bench = pd.read_csv(tiny_study / "results/tables/bench.csv")
+    assert len(bench) == n_models * (1 + n_bits) * len(config["bench"]["batch_sizes"])
+    for column in ["model", "family", "method", "w_bits", "a_bits", "backend", "batch", "latency_ms_p50",
+                   "latency_ms_p99", "throughput_ips", "model_bytes", "peak_mem_bytes"]:
+        assert column in bench.columns
+    assert (bench.latency_ms_p99 >= bench.latency_ms_p50).all() and (bench.throughput_ips > 0).all()
+    # int8 containers make every quantized ONNX file smaller than its FP32 export
+    fp32_bytes = bench[bench.method == "fp32"].groupby("model").model_bytes.first()
+    for _, row in bench[bench.method == "qat"].iterrows():
+        assert row.model_bytes < fp32_bytes[row.model]
+
+    summary = (tiny_study / "results/tables/summary.md").read_text()
+    for model in config["models"]:
+        assert f"| {model} |" in summary
+
+
+@needs_fashion_mnist
+def test_tiny_study_figures(tiny_study):
+    for name in ["accuracy_by_bits", "accuracy_vs_latency"]:
+        assert (tiny_study / f"results/figures/{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert "<svg" in (tiny_study / f"results/figures/{name}.svg").read_text()
+        assert "vega" in (tiny_study / f"results/figures/{name}.html").read_text().lower()
+
+
+@needs_fashion_mnist
+def test_second_run_has_nothing_to_do(tiny_study):
+    result = snakemake(tiny_study, "--configfile", str(TINY), "--cores", "2", "all", "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@needs_fashion_mnist
+def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["bits"] = config["bits"] + [2]
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(yaml.safe_dump(config))
+    result = snakemake(tiny_study, "--configfile", str(wider), "--cores", "2", "all", "--dry-run")
+    counts = job_counts(result.stdout)
+    n_models = len(config["models"])
+    assert counts == {"ptq": n_models, "qat": n_models, "export_onnx": n_models, "bench_cpu": n_models,
+                      "aggregate": 1, "render_figures": 1, "all": 1, "total": 4 * n_models + 3}
+    scheduled = set(re.findall(r"runs/\S+?/(\w+)/", result.stdout))
+    assert scheduled == {"ptq_w2a2", "qat_w2a2"}
+
+
+def test_bad_config_key_is_named(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["train"]["epochz"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(bad), "--cores", "1", "all", "--dry-run", check=False)
+    assert result.returncode != 0
+    assert "epochz" in result.stdout + result.stderr
+
+
+def test_bad_config_value_is_named(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["bits"] = [8, 9]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(bad), "--cores", "1", "all", "--dry-run", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "bits" in output and "9" in output
+
+
+def test_missing_dataset_fails_with_sources_tried(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["dataset"]["mirrors"] = [str(tmp_path / "empty-mirror")]
+    config["dataset"]["urls"] = [(tmp_path / "no-such-server").as_uri() + "/"]
+    bad = tmp_path / "nodata.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(bad), "--cores", "1", "data/fashion_mnist/splits.npz",
+                       check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "logs/download_fashion_mnist.log").read_text()
+    assert "could not obtain" in log and "empty-mirror" in log and "no-such-server" in log
+    assert not list((tmp_path / "data/fashion_mnist/raw").glob("*"))  # nothing half-written
+
+
+@pytest.mark.parametrize(("threads", "cores", "cpus", "expected"), [
+    (8, 8, 2, 2),   # a training job under --cores 8 on 2 CPUs reserves all 8 and runs 2 threads
+    (4, 8, 2, 1),   # an evaluation job reserves 4 of 8: two run side by side, one thread each
+    (1, 1, 2, 1),   # --cores 1 is honoured
+    (2, 2, 16, 2),  # on a big machine a job runs what it declared
+])
+def test_job_threads_never_oversubscribe(monkeypatch, threads, cores, cpus, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(cpus)))
+    job = SimpleNamespace(threads=threads, resources=SimpleNamespace(_cores=cores))
+    assert job_threads(job) == expected
+
+
+def test_model_overrides_merge_over_stage_settings():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    vit = merged_settings(config, "train", "vit")
+    resnet = merged_settings(config, "train", "resnet")
+    assert vit["epochs"] == config["models"]["vit"]["train"]["epochs"] != resnet["epochs"]
+    assert vit["lr"] == resnet["lr"] == config["train"]["lr"]

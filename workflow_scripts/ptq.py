@@ -1,0 +1,14 @@
+from qatstudy.quant import QuantScheme
+from qatstudy.stages import ptq
+from qatstudy.workflow import run
+
+
+def main(snakemake, log):
+    p = snakemake.params
+    ptq(data=snakemake.input.data, fp32_checkpoint=snakemake.input.fp32,
+        scheme=QuantScheme.from_tag(snakemake.wildcards.tag), identity=p.identity,
+        calibration=p.calibration["method"], calib_images=p.calibration["images"],
+        seed=int(snakemake.wildcards.seed), metrics=snakemake.output.metrics, log=log)
+
+
+run(snakemake, main)

@@ -1,0 +1,13 @@
+from qatstudy.stages import train_fp32
+from qatstudy.train import TrainSettings
+from qatstudy.workflow import run
+
+
+def main(snakemake, log):
+    p = snakemake.params
+    train_fp32(data=snakemake.input.data, arch=p.identity["arch"], kwargs=p.identity["kwargs"], identity=p.identity,
+               settings=TrainSettings(**p.settings), seed=int(snakemake.wildcards.seed), pretrained=p.pretrained,
+               checkpoint=snakemake.output.checkpoint, metrics=snakemake.output.metrics, log=log)
+
+
+run(snakemake, main)
