@@ -9,6 +9,7 @@ rule ptq:
         metrics=f"{RUN}/ptq_{{tag}}/metrics.json",
     params:
         identity=identity,
+        quant=config["quant"],
         calibration=config["calibration"],
     threads: cpu_share(config["threads"]["eval"])
     log:
@@ -29,6 +30,7 @@ rule qat:
     params:
         identity=identity,
         settings=train_settings("qat"),
+        quant=config["quant"],
         calibration=config["calibration"],
     threads: cpu_share(config["threads"]["train"])
     log:

@@ -26,3 +26,26 @@ def test_default_study_has_two_cnns_and_two_vits():
     families = [m["family"] for m in config["models"].values()]
     assert families.count("cnn") >= 2 and families.count("vit") >= 2
     assert config["bits"] == [8, 6, 4, 3, 2]
+
+
+def _tiny():
+    return yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+
+
+def test_bits_accept_integers_and_weight_activation_tags():
+    config = _tiny()
+    config["bits"] = [8, "w4a8", "w2a2"]
+    validate(config, SCHEMA)
+    assert config["quant"] == {"weight_per_channel": True, "act_asymmetric": False, "first_last_bits": None}
+
+
+@pytest.mark.parametrize("change", [
+    {"bits": ["w9a2"]},
+    {"bits": ["4"]},
+    {"quant": {"first_last_bits": 9}},
+    {"quant": {"asymmetric": True}},
+])
+def test_bad_quant_settings_are_rejected(change):
+    config = {**_tiny(), **change}
+    with pytest.raises(Exception, match=r"bits|quant|asymmetric|9"):
+        validate(config, SCHEMA)

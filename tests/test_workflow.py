@@ -161,3 +161,14 @@ def test_model_overrides_merge_over_stage_settings():
     resnet = merged_settings(config, "train", "resnet")
     assert vit["epochs"] == config["models"]["vit"]["train"]["epochs"] != resnet["epochs"]
     assert vit["lr"] == resnet["lr"] == config["train"]["lr"]
+
+
+def test_weight_activation_tags_become_their_own_jobs(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["bits"] = [8, "w4a8"]
+    config["quant"] = {"first_last_bits": 8, "act_asymmetric": True}
+    path = tmp_path / "wa.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(path), "--cores", "2", "all", "--dry-run")
+    scheduled = set(re.findall(r"runs/\S+?/(\w+)/", result.stdout))
+    assert scheduled == {"fp32", "ptq_w8a8", "ptq_w4a8", "qat_w8a8", "qat_w4a8"}

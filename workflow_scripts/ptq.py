@@ -6,7 +6,7 @@ from qatstudy.workflow import run
 def main(snakemake, log):
     p = snakemake.params
     ptq(data=snakemake.input.data, fp32_checkpoint=snakemake.input.fp32,
-        scheme=QuantScheme.from_tag(snakemake.wildcards.tag), identity=p.identity,
+        scheme=QuantScheme.from_tag(snakemake.wildcards.tag, **p.quant), identity=p.identity,
         calibration=p.calibration["method"], calib_images=p.calibration["images"],
         seed=int(snakemake.wildcards.seed), metrics=snakemake.output.metrics, log=log)
 

@@ -1,13 +1,13 @@
 from qatstudy.quant import QuantScheme
 from qatstudy.stages import qat
-from qatstudy.train import TrainSettings
+from qatstudy.settings import TrainSettings
 from qatstudy.workflow import run
 
 
 def main(snakemake, log):
     p = snakemake.params
     qat(data=snakemake.input.data, fp32_checkpoint=snakemake.input.fp32,
-        scheme=QuantScheme.from_tag(snakemake.wildcards.tag), identity=p.identity,
+        scheme=QuantScheme.from_tag(snakemake.wildcards.tag, **p.quant), identity=p.identity,
         settings=TrainSettings(**p.settings), calibration=p.calibration["method"],
         calib_images=p.calibration["images"], seed=int(snakemake.wildcards.seed),
         checkpoint=snakemake.output.checkpoint, metrics=snakemake.output.metrics, log=log)

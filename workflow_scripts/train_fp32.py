@@ -1,5 +1,5 @@
 from qatstudy.stages import train_fp32
-from qatstudy.train import TrainSettings
+from qatstudy.settings import TrainSettings
 from qatstudy.workflow import run
 
 

@@ -6,6 +6,7 @@ and a metrics JSON. Workflow entry points call these; tests call them directly.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, arch: str, kwargs: di
                     image_shape: tuple, scheme: quant.QuantScheme | None) -> None:
     with atomic_path(path) as tmp:
         torch.save({"arch": arch, "kwargs": kwargs, "num_classes": num_classes, "image_shape": list(image_shape),
-                    "scheme": None if scheme is None else {"w_bits": scheme.w_bits, "a_bits": scheme.a_bits},
+                    "scheme": None if scheme is None else dataclasses.asdict(scheme),
                     "state_dict": model.state_dict()}, tmp)
 
 
@@ -49,7 +50,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
 
 def _record(model: nn.Module, splits: Splits, identity: dict, **extra) -> dict:
     sizes = quant.model_size_bytes(model)
-    return {**identity, "input_shape": list(splits.image_shape), "params": count_parameters(model) - sum(q.step.numel() for _, q in quant.quantizers(model)),
+    quantizer_params = sum(p.numel() for _, q in quant.quantizers(model) for p in q.parameters())
+    return {**identity, "input_shape": list(splits.image_shape), "params": count_parameters(model) - quantizer_params,
             "val_top1": evaluate(model, splits.x["val"], splits.y["val"]),
             "test_top1": evaluate(model, splits.x["test"], splits.y["test"]), **sizes, **extra}
 
@@ -93,7 +95,7 @@ def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
     model, _ = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
                                     calib_images=calib_images, batch_size=128, seed=seed)
     record = _record(model, splits, {**identity, "method": "ptq", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
-                                     "seed": seed}, calibration=calibration, calib_images=calib_images,
+                                     "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration, calib_images=calib_images,
                      calib_time_s=time.perf_counter() - start)
     write_json(metrics, record)
     log(f"ptq {scheme.tag}: val {record['val_top1']:.2f}%, test {record['test_top1']:.2f}%")
@@ -112,7 +114,8 @@ def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
     result = fit(model, splits, settings, seed=seed, resume_path=Path(checkpoint).with_suffix(".resume"),
                  desc=f"{identity['model']} qat {scheme.tag}", log=log)
     record = _record(model, splits, {**identity, "method": "qat", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
-                                     "seed": seed}, calibration=calibration, **result)
+                                     "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration,
+                     **result)
     save_checkpoint(checkpoint, model, arch=ckpt["arch"], kwargs=ckpt["kwargs"], num_classes=ckpt["num_classes"],
                     image_shape=ckpt["image_shape"], scheme=scheme)
     write_json(metrics, record)

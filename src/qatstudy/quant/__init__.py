@@ -1,6 +1,6 @@
 """Quantization: LSQ quantizers, layer wrapping, calibration (one small module family)."""
 
-from .calibrate import CALIBRATION_METHODS, calibrate, init_step_size
+from .calibrate import CALIBRATION_METHODS, calibrate, init_asymmetric_range, init_quantizer, init_step_size
 from .modules import (
     QuantConv2d,
     QuantLinear,
@@ -21,6 +21,8 @@ __all__ = [
     "QuantScheme",
     "calibrate",
     "export_mode",
+    "init_asymmetric_range",
+    "init_quantizer",
     "init_step_size",
     "integer_range",
     "model_size_bytes",

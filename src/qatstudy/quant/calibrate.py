@@ -42,9 +42,38 @@ def init_step_size(x: torch.Tensor, bits: int, signed: bool, method: str) -> tor
     return steps.gather(0, errors.argmin(dim=0, keepdim=True))[0]
 
 
-def _init_weight_quantizer(q: LSQQuantizer, weight: torch.Tensor, method: str) -> None:
-    rows = weight.detach().reshape(weight.shape[0], -1)
-    q.init_step(init_step_size(rows, q.bits, q.signed, method))
+def init_asymmetric_range(x: torch.Tensor, bits: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial (step, offset) per row of `x` for an asymmetric (LSQ+) quantizer on [0, 2^b - 1]."""
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {CALIBRATION_METHODS}")
+    qmax = 2**bits - 1
+    x = x.float()
+    if method == "percentile":
+        lo, hi = torch.quantile(x, 1e-4, dim=1), torch.quantile(x, 1 - 1e-4, dim=1)
+    else:
+        lo, hi = x.amin(dim=1), x.amax(dim=1)
+    if method != "mse":
+        return ((hi - lo) / qmax).clamp_min(1e-8), lo
+    # mse: shrink the range towards the mean by each grid factor, keep the best per row
+    centre = x.mean(dim=1)
+    best_err = torch.full_like(lo, float("inf"))
+    best_step, best_offset = ((hi - lo) / qmax).clamp_min(1e-8), lo.clone()
+    for alpha in _MSE_GRID:
+        l, h = centre + alpha * (lo - centre), centre + alpha * (hi - centre)
+        step = ((h - l) / qmax).clamp_min(1e-8)
+        err = ((_fake_quant(x - l[:, None], step[:, None], 0, qmax) + l[:, None] - x) ** 2).mean(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_step, best_offset = torch.where(better, step, best_step), torch.where(better, l, best_offset)
+    return best_step, best_offset
+
+
+def init_quantizer(q: LSQQuantizer, rows: torch.Tensor, method: str) -> None:
+    """Set `q`'s step (and offset) from sample values, one row per step size."""
+    if q.asymmetric:
+        q.init_step(*init_asymmetric_range(rows, q.bits, method))
+    else:
+        q.init_step(init_step_size(rows, q.bits, q.signed, method))
 
 
 class _ActivationRecorder:
@@ -83,7 +112,10 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "
     recorders = {}
     hooks = []
     for layer in layers:
-        _init_weight_quantizer(layer.weight_quantizer, layer.weight, method)
+        wq = layer.weight_quantizer
+        weight = layer.weight.detach()
+        init_quantizer(wq, weight.reshape(weight.shape[0], -1) if wq.channel_axis is not None else weight.reshape(1, -1),
+                       method)
         recorders[layer] = _ActivationRecorder(generator)
         hooks.append(layer.register_forward_pre_hook(recorders[layer]))
     was_training = model.training
@@ -102,8 +134,9 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "
         raise ValueError("calibration needs at least one batch")
     for layer, recorder in recorders.items():
         q = layer.input_quantizer
-        q.signed = recorder.minimum < 0
-        q.init_step(init_step_size(recorder.values()[None, :], q.bits, q.signed, method))
+        if not q.asymmetric:
+            q.signed = recorder.minimum < 0
+        init_quantizer(q, recorder.values()[None, :], method)
     return seen
 
 

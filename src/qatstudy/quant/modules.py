@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -20,21 +20,43 @@ from .quantizer import LSQQuantizer
 
 @dataclass(frozen=True)
 class QuantScheme:
-    """Bit-widths of one quantized model: weights per output channel, activations per tensor."""
+    """How one model is quantized.
+
+    `w_bits` / `a_bits`: weight and activation bit-widths. Weights are signed, per output channel
+    (or per tensor); activations per tensor, symmetric (signedness from calibration) or, with
+    `act_asymmetric`, LSQ+ with a learned offset. `first_last_bits`, when set, gives the first
+    layer (stem / patch embedding) and the classifier head their own bit-width: the
+    module-dependent scheme, against the uniform one.
+    """
 
     w_bits: int
     a_bits: int
+    weight_per_channel: bool = True
+    act_asymmetric: bool = False
+    first_last_bits: int | None = None
+
+    def __post_init__(self):
+        for name in ("w_bits", "a_bits", "first_last_bits"):
+            bits = getattr(self, name)
+            if bits is not None and not 2 <= bits <= 8:
+                raise ValueError(f"{name} must be between 2 and 8, got {bits}")
 
     @property
     def tag(self) -> str:
         return f"w{self.w_bits}a{self.a_bits}"
 
     @classmethod
-    def from_tag(cls, tag: str) -> "QuantScheme":
+    def from_tag(cls, tag: str, **options) -> "QuantScheme":
+        """`w4a8` -> QuantScheme(4, 8); `options` set the other fields."""
         match = re.fullmatch(r"w(\d+)a(\d+)", tag)
         if not match:
             raise ValueError(f"bit-width tag must look like 'w4a4', got {tag!r}")
-        return cls(int(match[1]), int(match[2]))
+        return cls(int(match[1]), int(match[2]), **options)
+
+    def for_layer(self, is_first_or_last: bool) -> "QuantScheme":
+        if is_first_or_last and self.first_last_bits is not None:
+            return replace(self, w_bits=self.first_last_bits, a_bits=self.first_last_bits)
+        return self
 
 
 class QuantMixin:
@@ -44,10 +66,12 @@ class QuantMixin:
     input_quantizer: LSQQuantizer
 
     def _setup_quantizers(self, scheme: QuantScheme) -> None:
-        out_channels = self.weight.shape[0]
-        self.weight_quantizer = LSQQuantizer(scheme.w_bits, signed=True, channel_axis=0, num_channels=out_channels)
-        # Signedness of the input is decided by calibration (unsigned after ReLU).
-        self.input_quantizer = LSQQuantizer(scheme.a_bits, signed=True)
+        if scheme.weight_per_channel:
+            self.weight_quantizer = LSQQuantizer(scheme.w_bits, channel_axis=0, num_channels=self.weight.shape[0])
+        else:
+            self.weight_quantizer = LSQQuantizer(scheme.w_bits)
+        # Signedness of a symmetric input quantizer is decided by calibration (unsigned after ReLU).
+        self.input_quantizer = LSQQuantizer(scheme.a_bits, asymmetric=scheme.act_asymmetric)
 
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
@@ -64,16 +88,19 @@ _QUANT_CLASS = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
 
 
 def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
-    """Wrap every Conv2d and Linear of `model` (in place) with LSQ fake quantization."""
-    for module in list(model.modules()):
-        quant_class = _QUANT_CLASS.get(type(module))
-        if quant_class is not None:
-            module.__class__ = quant_class
-            module._setup_quantizers(scheme)
-            # new quantizer parameters must live where the layer lives
-            module.to(module.weight.device)
-    if not any(True for _ in quant_modules(model)):
+    """Wrap every Conv2d and Linear of `model` (in place) with LSQ fake quantization.
+
+    The first and last layers in module order are the stem (or patch embedding) and the
+    classifier head in every timm model; `scheme.first_last_bits` applies to them.
+    """
+    layers = [m for m in model.modules() if type(m) in _QUANT_CLASS]
+    if not layers:
         raise ValueError("model has no Conv2d or Linear layer to quantize")
+    for i, module in enumerate(layers):
+        module.__class__ = _QUANT_CLASS[type(module)]
+        module._setup_quantizers(scheme.for_layer(i in (0, len(layers) - 1)))
+        # new quantizer parameters must live where the layer lives
+        module.to(module.weight.device)
     return model
 
 
@@ -106,9 +133,9 @@ def model_size_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes to store the model as FP32, and packed with b-bit quantized weights.
 
     Quantized layers store b bits per weight plus one FP32 step per channel; everything else
-    (biases, norms, embeddings, activation steps) stays FP32.
+    (biases, norms, embeddings, activation steps and offsets) stays FP32.
     """
-    steps = {id(q.step) for _, q in quantizers(model)}
+    steps = {id(p) for _, q in quantizers(model) for p in q.parameters()}  # steps and offsets
     weight_bits = {id(m.weight): m.weight_quantizer.bits for _, m in quant_modules(model)}
     fp32 = 0
     packed_bits = 0

@@ -1,8 +1,9 @@
-"""Learned-step-size (LSQ) fake quantizer (Esser et al., ICLR 2020).
+"""Learned-step-size (LSQ) fake quantizer (Esser et al., ICLR 2020), with the LSQ+ offset.
 
-One module quantizes one tensor: weights per output channel, activations per tensor. The step
-size is a learned parameter; its gradient is scaled by 1/sqrt(numel_per_step * q_max) as LSQ
-prescribes so that step sizes and weights learn at comparable rates.
+One module quantizes one tensor, per channel or per tensor. The step size is a learned
+parameter; its gradient is scaled by 1/sqrt(numel_per_step * q_max) as LSQ prescribes so that
+step sizes and weights learn at comparable rates. The asymmetric variant adds LSQ+'s learned
+offset beta (Bhalgat et al., CVPR-W 2020): x_hat = s * clamp(round((x - beta) / s)) + beta.
 """
 
 from __future__ import annotations
@@ -31,24 +32,32 @@ def integer_range(bits: int, signed: bool) -> tuple[int, int]:
 
 
 class LSQQuantizer(nn.Module):
-    """Symmetric LSQ fake quantizer with a learned step size.
+    """LSQ fake quantizer with a learned step size (and, if asymmetric, a learned offset).
 
     `channel_axis=None` gives one step for the whole tensor; an int gives one step per slice
-    along that axis. Activation quantizers decide at calibration whether the observed input is
-    non-negative (then unsigned, which doubles the resolution after ReLU).
+    along that axis. Symmetric activation quantizers decide at calibration whether the observed
+    input is non-negative (then unsigned, which doubles the resolution after ReLU). Asymmetric
+    quantizers use the unsigned range [0, 2^b - 1] shifted by the learned offset.
     """
 
-    def __init__(self, bits: int, *, signed: bool = True, channel_axis: int | None = None, num_channels: int = 1):
+    def __init__(self, bits: int, *, signed: bool = True, channel_axis: int | None = None, num_channels: int = 1,
+                 asymmetric: bool = False):
         super().__init__()
         if not 2 <= bits <= 8:
             raise ValueError(f"bit-width must be between 2 and 8, got {bits}")
         self.bits = bits
         self.channel_axis = channel_axis
         # a buffer, not a Python attribute, so checkpoints keep what calibration decided
-        self.register_buffer("is_signed", torch.tensor(signed))
+        self.register_buffer("is_signed", torch.tensor(signed and not asymmetric))
         self.step = nn.Parameter(torch.ones(num_channels if channel_axis is not None else 1))
+        # only asymmetric quantizers own an offset, so symmetric checkpoints keep their keys
+        self.offset = nn.Parameter(torch.zeros_like(self.step)) if asymmetric else None
         self.register_buffer("initialized", torch.tensor(False))
         self.export_mode = False  # set by `quant.export_mode()`: ONNX-exportable Q/DQ ops
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.offset is not None
 
     @property
     def qmin(self) -> int:
@@ -64,11 +73,13 @@ class LSQQuantizer(nn.Module):
 
     @signed.setter
     def signed(self, value: bool) -> None:
+        if value and self.asymmetric:
+            raise ValueError("an asymmetric quantizer uses the unsigned range; its offset handles the sign")
         self.is_signed.fill_(bool(value))
 
     def extra_repr(self) -> str:
         kind = f"per-channel(axis={self.channel_axis})" if self.channel_axis is not None else "per-tensor"
-        return f"bits={self.bits}, signed={self.signed}, {kind}"
+        return f"bits={self.bits}, signed={self.signed}, asymmetric={self.asymmetric}, {kind}"
 
     def _broadcast(self, step: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.channel_axis is None:
@@ -83,9 +94,12 @@ class LSQQuantizer(nn.Module):
         if self.export_mode:
             return self._export_forward(x)
         per_step = x.numel() // self.step.numel()
-        step = scale_grad(self.step, 1.0 / math.sqrt(per_step * self.qmax))
-        step = self._broadcast(step, x)
-        return round_ste(torch.clamp(x / step, self.qmin, self.qmax)) * step
+        grad_factor = 1.0 / math.sqrt(per_step * self.qmax)
+        step = self._broadcast(scale_grad(self.step, grad_factor), x)
+        if self.offset is None:
+            return round_ste(torch.clamp(x / step, self.qmin, self.qmax)) * step
+        offset = self._broadcast(scale_grad(self.offset, grad_factor), x)
+        return round_ste(torch.clamp((x - offset) / step, self.qmin, self.qmax)) * step + offset
 
     def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same function written as clamp + 8-bit Q/DQ, which torch.onnx exports.
@@ -94,17 +108,24 @@ class LSQQuantizer(nn.Module):
         meaning inside the 8-bit container: the result equals the training-time forward pass.
         """
         step = self.step.detach()
+        offset = None if self.offset is None else self._broadcast(self.offset.detach(), x)
+        if offset is not None:
+            x = x - offset  # the learned offset is real-valued: shift, quantize symmetrically, shift back
         lo, hi = (-128, 127) if self.signed else (0, 255)
         if self.channel_axis is None:
             s = step.reshape(())
             x = torch.clamp(x, self.qmin * float(s), self.qmax * float(s))
-            return torch.fake_quantize_per_tensor_affine(x, float(s), 0, lo, hi)
-        s = self._broadcast(step, x)
-        x = torch.minimum(torch.maximum(x, self.qmin * s), self.qmax * s)
-        zero_point = torch.zeros(step.numel(), dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(x, step, zero_point, self.channel_axis, lo, hi)
+            x = torch.fake_quantize_per_tensor_affine(x, float(s), 0, lo, hi)
+        else:
+            s = self._broadcast(step, x)
+            x = torch.minimum(torch.maximum(x, self.qmin * s), self.qmax * s)
+            zero_point = torch.zeros(step.numel(), dtype=torch.int32)
+            x = torch.fake_quantize_per_channel_affine(x, step, zero_point, self.channel_axis, lo, hi)
+        return x if offset is None else x + offset
 
     @torch.no_grad()
-    def init_step(self, step: torch.Tensor) -> None:
+    def init_step(self, step: torch.Tensor, offset: torch.Tensor | None = None) -> None:
         self.step.copy_(step.reshape(self.step.shape).clamp_min(1e-8))
+        if self.offset is not None:
+            self.offset.copy_(torch.zeros_like(self.offset) if offset is None else offset.reshape(self.offset.shape))
         self.initialized.fill_(True)

@@ -1,0 +1,137 @@
+"""Quantizer options beyond the default: LSQ+ offset, per-tensor weights, module-dependent bits."""
+
+import io
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from qatstudy import quant
+from qatstudy.models import create_model
+from qatstudy.quant import LSQQuantizer, QuantScheme
+
+
+def _asymmetric(bits: int, step: float, offset: float) -> LSQQuantizer:
+    q = LSQQuantizer(bits, asymmetric=True)
+    q.init_step(torch.tensor([step]), torch.tensor([offset]))
+    return q
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_asymmetric_forward_matches_torch_affine_fake_quant(bits):
+    torch.manual_seed(bits)
+    x = torch.randn(4096) * 3 + 1
+    step, zero_point = 0.37, 3
+    q = _asymmetric(bits, step, -zero_point * step)  # LSQ+ offset beta = -z * s
+    expected = torch.fake_quantize_per_tensor_affine(x, step, zero_point, 0, 2**bits - 1)
+    assert torch.allclose(q(x), expected, atol=1e-6)
+    assert not q.signed and q.qmin == 0 and q.qmax == 2**bits - 1
+
+
+def test_asymmetric_offset_gradient_follows_lsq_plus():
+    bits, step, offset = 3, 0.5, -1.0
+    q = _asymmetric(bits, step, offset)
+    x = torch.tensor([-3.0, -1.1, -0.2, 0.4, 1.3, 2.6, 5.0])
+    q(x).sum().backward()
+    lo, hi = offset, offset + (2**bits - 1) * step
+    clipped = ((x < lo) | (x > hi)).float()
+    g = 1.0 / math.sqrt(x.numel() * (2**bits - 1))
+    # d x_hat / d beta is 0 inside the range (x_hat follows x) and 1 where clipped, times LSQ's scale
+    assert q.offset.grad.item() == pytest.approx(clipped.sum().item() * g, rel=1e-5)
+
+
+def test_asymmetric_quantizer_refuses_signed():
+    q = LSQQuantizer(4, asymmetric=True)
+    with pytest.raises(ValueError, match="unsigned"):
+        q.signed = True
+
+
+@pytest.mark.parametrize("method", quant.CALIBRATION_METHODS)
+def test_asymmetric_init_covers_skewed_data_better_than_symmetric(method):
+    torch.manual_seed(0)
+    x = torch.nn.functional.gelu(torch.randn(1, 20000) * 2)  # post-GELU: skewed, min about -0.17
+    step, offset = quant.init_asymmetric_range(x, 4, method)
+    asym = _asymmetric(4, float(step), float(offset))
+    sym = LSQQuantizer(4, signed=True)
+    sym.init_step(quant.init_step_size(x, 4, True, method))
+    with torch.no_grad():
+        assert ((asym(x) - x) ** 2).mean() < ((sym(x) - x) ** 2).mean()
+    if method == "minmax":
+        assert float(offset) == pytest.approx(float(x.min())) and float(offset + 15 * step) == pytest.approx(float(x.max()))
+
+
+def test_mse_asymmetric_init_beats_minmax_with_outliers():
+    torch.manual_seed(1)
+    x = torch.cat([torch.rand(1, 20000), torch.tensor([[25.0]])], dim=1)
+    errors = {}
+    for method in ("minmax", "mse"):
+        step, offset = quant.init_asymmetric_range(x, 3, method)
+        with torch.no_grad():
+            errors[method] = float(((_asymmetric(3, float(step), float(offset))(x) - x) ** 2).mean())
+    assert errors["mse"] < 0.5 * errors["minmax"]
+
+
+def _small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 10))
+
+
+def test_per_tensor_weights_have_one_step_and_match_torch():
+    torch.manual_seed(0)
+    model = quant.quantize_model(_small_cnn(), QuantScheme(4, 8, weight_per_channel=False))
+    quant.calibrate(model, [torch.randn(16, 1, 8, 8)], method="minmax")
+    conv = model[2]
+    assert conv.weight_quantizer.step.numel() == 1 and conv.weight_quantizer.channel_axis is None
+    s = float(conv.weight_quantizer.step)
+    expected = torch.fake_quantize_per_tensor_affine(conv.weight.detach(), s, 0, -8, 7)
+    assert torch.equal(conv.weight_quantizer(conv.weight).detach(), expected)
+    assert s == pytest.approx(float(conv.weight.abs().max()) / 7, rel=1e-6)
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), [("resnet10t", {"channels": [8, 16, 32, 64]}),
+                                              ("vit_convstem_tiny", {"embed_dim": 16, "depth": 1, "num_heads": 2})])
+def test_first_last_bits_apply_to_stem_and_head_only(arch, kwargs):
+    model = create_model(arch, num_classes=10, in_chans=1, kwargs=kwargs)
+    quant.quantize_model(model, QuantScheme(3, 3, first_last_bits=8))
+    layers = list(quant.quant_modules(model))
+    bits = {name: (m.weight_quantizer.bits, m.input_quantizer.bits) for name, m in layers}
+    first, last = layers[0][0], layers[-1][0]
+    assert bits.pop(first) == (8, 8) and bits.pop(last) == (8, 8)
+    assert set(bits.values()) == {(3, 3)}
+    assert last == ("fc" if arch == "resnet10t" else "head")
+    assert first.startswith("conv1" if arch == "resnet10t" else "patch_embed")
+
+
+def test_scheme_validates_bits_and_parses_tags_with_options():
+    assert QuantScheme.from_tag("w4a8", act_asymmetric=True) == QuantScheme(4, 8, act_asymmetric=True)
+    with pytest.raises(ValueError, match="first_last_bits"):
+        QuantScheme(4, 4, first_last_bits=9)
+    with pytest.raises(ValueError, match="w_bits"):
+        QuantScheme(1, 4)
+
+
+def test_asymmetric_per_tensor_mixed_model_exports_to_matching_onnx():
+    torch.manual_seed(0)
+    model = quant.quantize_model(_small_cnn(), QuantScheme(4, 4, weight_per_channel=False, act_asymmetric=True,
+                                                           first_last_bits=8)).eval()
+    quant.calibrate(model, [torch.randn(32, 1, 8, 8)], method="mse")
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    buffer = io.BytesIO()
+    with quant.export_mode(model), torch.no_grad():
+        torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=17, input_names=["input"])
+    actual = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert np.abs(actual - expected).max() < 1e-4
+    assert (actual.argmax(1) == expected.argmax(1)).all()
+
+
+def test_model_size_counts_offsets_as_fp32_quantizer_state():
+    model = quant.quantize_model(nn.Sequential(nn.Linear(64, 32)), QuantScheme(4, 4, act_asymmetric=True))
+    sizes = quant.model_size_bytes(model)
+    # weights at 4 bits + 32 steps + bias + activation step and offset, all FP32
+    assert sizes["packed_bytes"] == 64 * 32 // 2 + 4 * (32 + 32 + 1 + 1)
+    assert sizes["fp32_bytes"] == 4 * (64 * 32 + 32)
