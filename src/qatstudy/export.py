@@ -46,9 +46,12 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
     constants = _constants(model)
     folded = []
     for node in model.graph.node:
-        if node.op_type != "QuantizeLinear" or not all(name in constants for name in node.input):
+        if node.op_type != "QuantizeLinear" or not all(name in constants for name in node.input if name):
             continue
-        x, scale, zero_point = (constants[name] for name in node.input)
+        x, scale = constants[node.input[0]], constants[node.input[1]]
+        # the zero point is optional in ONNX; absent, it is a uint8 zero
+        has_zero_point = len(node.input) > 2 and node.input[2]
+        zero_point = constants[node.input[2]] if has_zero_point else np.zeros((), np.uint8)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         if scale.ndim == 1 and scale.size > 1:
             shape = [1] * x.ndim

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import quant
 from .batches import Splits, iterate_batches
+from .data import md5sum
 from .io import atomic_path, write_json
 from .models import count_parameters, create_model
 from .settings import TrainSettings
@@ -64,7 +65,8 @@ def train_fp32(*, data: str, arch: str, kwargs: dict, identity: dict, settings: 
     model = build(arch, kwargs, num_classes=num_classes, in_chans=splits.image_shape[0], pretrained=pretrained)
     log(f"{arch}: {count_parameters(model):,} parameters, training on {len(splits.y['train'])} images")
     result = fit(model, splits, settings, seed=seed, resume_path=Path(checkpoint).with_suffix(".resume"),
-                 desc=f"{identity['model']} fp32", log=log)
+                 desc=f"{identity['model']} fp32", log=log,
+                 inputs={"data": md5sum(data), "arch": arch, "kwargs": kwargs, "pretrained": pretrained})
     record = _record(model, splits, {**identity, "method": "fp32", "w_bits": 32, "a_bits": 32, "seed": seed}, **result)
     save_checkpoint(checkpoint, model, arch=arch, kwargs=kwargs, num_classes=num_classes,
                     image_shape=splits.image_shape, scheme=None)
@@ -112,7 +114,9 @@ def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
     # deployed graph then computes exactly what was trained (see README, "Batch norm").
     freeze_batchnorm(model)
     result = fit(model, splits, settings, seed=seed, resume_path=Path(checkpoint).with_suffix(".resume"),
-                 desc=f"{identity['model']} qat {scheme.tag}", log=log)
+                 desc=f"{identity['model']} qat {scheme.tag}", log=log,
+                 inputs={"data": md5sum(data), "fp32": md5sum(fp32_checkpoint), "scheme": repr(scheme),
+                         "calibration": calibration, "calib_images": calib_images})
     record = _record(model, splits, {**identity, "method": "qat", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
                                      "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration,
                      **result)

@@ -34,14 +34,15 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 
 def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int, resume_path: str | Path,
-        desc: str = "train", log=print) -> dict:
+        desc: str = "train", inputs: dict | None = None, log=print) -> dict:
     """Train `model` in place and leave it at its best-validation epoch.
 
     After every epoch the full training state is saved to `resume_path`; a rerun with the same
-    settings and seed continues from there. Returns the per-epoch history and timings.
+    settings, seed and `inputs` (what the run starts from: data and checkpoint digests, model,
+    scheme) continues from there. Returns the per-epoch history and timings.
     """
     resume_path = Path(resume_path)
-    fingerprint = settings.fingerprint(seed=seed, desc=desc)
+    fingerprint = settings.fingerprint(seed=seed, desc=desc, inputs=inputs or {})
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=settings.lr, weight_decay=settings.weight_decay)

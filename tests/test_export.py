@@ -1,0 +1,451 @@
+"""ONNX export (FP32 and Q/DQ), weight-quantizer folding, deployed accuracy and the CPU benchmark.
+
+Uses a tiny hand-built CNN (registered in timm's registry so checkpoints can name it) whose big
+Linear layer dominates the weights, trained for two epochs on a few dozen fake 28x28 images.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from timm.models import register_model
+from torch import nn
+
+from qatstudy import bench, export, quant, stages, train
+from qatstudy.data import prepare_splits
+
+torch.set_num_threads(1)
+
+ARCH = "qatstudy_test_export_cnn"
+IMAGE_SHAPE = (1, 28, 28)
+QUANT_LAYERS = 4  # two Conv2d, two Linear
+WEIGHT_SHAPES = {(8, 1, 3, 3), (16, 8, 3, 3), (64, 784), (10, 64)}
+
+if ARCH not in timm.list_models():
+    @register_model
+    def qatstudy_test_export_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, **_):
+        return nn.Sequential(
+            nn.Conv2d(in_chans, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(16 * 7 * 7, 64), nn.ReLU(),  # 50k weights: the weights dominate the file
+            nn.Linear(64, num_classes),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny dataset and checkpoints
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(gzip.compress(header + arr.tobytes()))
+
+
+def make_tiny_dataset(folder: Path, n_train: int = 120, n_test: int = 40, val_size: int = 20, seed: int = 0) -> Path:
+    """Fake Fashion-MNIST IDX files (a bright square whose position is the class), prepared as .npz."""
+    rng = np.random.default_rng(seed)
+
+    def images(labels):
+        x = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            r, col = divmod(int(c), 4)
+            x[i, r * 9: r * 9 + 7, col * 7: col * 7 + 7] += 180
+        return x
+
+    y_train = np.arange(n_train) % 10
+    y_test = rng.permutation(np.arange(n_test) % 10)
+    raw = folder / "raw"
+    raw.mkdir(parents=True)
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz")
+    for name, arr in zip(names, (images(y_train), y_train, images(y_test), y_test)):
+        _write_idx(raw / name, arr)
+    out = folder / "splits.npz"
+    prepare_splits("fashion_mnist", raw, out, val_size=val_size, split_seed=0)
+    return out
+
+
+def _quantized_checkpoint(fp32_ckpt: Path, scheme: quant.QuantScheme, splits, out: Path) -> Path:
+    fp32, _ = stages.load_checkpoint(fp32_ckpt)
+    model = stages.build(ARCH, {}, num_classes=10, in_chans=1, scheme=scheme)
+    model.load_state_dict(fp32.state_dict(), strict=False)
+    quant.calibrate(model, [splits.x["train"][:48], splits.x["train"][48:96]], method="mse")
+    stages.save_checkpoint(out, model, arch=ARCH, kwargs={}, num_classes=10, image_shape=IMAGE_SHAPE, scheme=scheme)
+    return out
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    """The dataset, an FP32 checkpoint trained for 2 epochs, W8A8 / W4A4 checkpoints, and their exports."""
+    root = tmp_path_factory.mktemp("export")
+    data = make_tiny_dataset(root / "data")
+    settings = stages.TrainSettings(epochs=2, batch_size=16, lr=5e-3, weight_decay=0.0)
+    stages.train_fp32(data=str(data), arch=ARCH, kwargs={}, identity={"model": "cnn", "family": "cnn", "arch": ARCH,
+                                                                         "kwargs": {}},
+                      settings=settings, seed=0, pretrained=False, checkpoint=str(root / "fp32" / "model.pt"),
+                      metrics=str(root / "fp32" / "metrics.json"), log=lambda _: None)
+    splits = stages.Splits(data)
+    out = {"root": root, "data": data, "splits": splits, "ckpt": {"fp32": root / "fp32" / "model.pt"}}
+    for tag in ("w8a8", "w4a4"):
+        (root / tag).mkdir()
+        out["ckpt"][tag] = _quantized_checkpoint(out["ckpt"]["fp32"], quant.QuantScheme.from_tag(tag), splits,
+                                                 root / tag / "model.pt")
+    out["onnx"], out["report"] = {}, {}
+    for variant, ckpt in out["ckpt"].items():
+        out["onnx"][variant] = ckpt.with_suffix(".onnx")
+        out["report"][variant] = export.export_onnx(ckpt, out["onnx"][variant])
+    return out
+
+
+def _ort(path_or_model) -> ort.InferenceSession:
+    """A plain onnxruntime session (no graph optimisation), independent of qatstudy.runtime."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else str(path_or_model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _torch_logits(ckpt: Path, x: torch.Tensor) -> np.ndarray:
+    model, _ = stages.load_checkpoint(ckpt)
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. FP32 export
+
+
+def test_fp32_export_matches_torch(art):
+    path, report = art["onnx"]["fp32"], art["report"]["fp32"]
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    ops = _ops(model)
+    assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # batch dimension is dynamic
+    x = art["splits"].x["test"][:13]  # a batch size other than the export example's
+    expected = _torch_logits(art["ckpt"]["fp32"], x)
+    actual = _ort(path).run(None, {"input": x.numpy()})[0]
+    assert actual.shape == (13, 10)
+    assert np.abs(actual - expected).max() <= 1e-4
+    assert report["onnx_bytes"] == path.stat().st_size
+    assert report["opset"] == export.OPSET
+    assert {o.domain: o.version for o in model.opset_import}.get("", None) == report["opset"]
+    assert report["max_abs_diff_vs_torch"] <= 1e-4 and report["argmax_agreement_vs_torch"] == 1.0
+    assert report["quantize_nodes_exported"] == report["weight_quantizers_folded"] == report["dequantize_nodes"] == 0
+    assert report["nodes_simplified"] == len(ops)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. quantized export: Q/DQ graph, int8 weights, size, and equality with fake quantization
+
+
+@pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
+def test_quantized_export_graph(art, tag):
+    path, report = art["onnx"][tag], art["report"][tag]
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    producers = _producers(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert len(layers) == QUANT_LAYERS
+    weight_shapes = set()
+    for layer in layers:
+        act, weight = (producers.get(name) for name in layer.input[:2])
+        # both operands of every quantized layer are dequantized integers
+        assert act is not None and act.op_type == "DequantizeLinear", layer.name
+        assert weight is not None and weight.op_type == "DequantizeLinear", layer.name
+        # activations: quantized at run time by a QuantizeLinear node
+        assert producers[act.input[0]].op_type == "QuantizeLinear"
+        # weights: a folded int8 initializer, no QuantizeLinear left
+        assert weight.input[0] in inits and weight.input[0] not in producers
+        stored = inits[weight.input[0]]
+        assert stored.data_type == TensorProto.INT8
+        weight_shapes.add(tuple(stored.dims))
+    assert weight_shapes == WEIGHT_SHAPES
+    ops = _ops(model)
+    assert ops.count("DequantizeLinear") == 2 * QUANT_LAYERS == report["dequantize_nodes"]
+    assert ops.count("QuantizeLinear") == QUANT_LAYERS  # activations only
+    assert report["weight_quantizers_folded"] == QUANT_LAYERS
+    assert report["quantize_nodes_exported"] == 2 * QUANT_LAYERS
+    # onnxsim keeps Q/DQ (folding is ours, after simplification)
+    assert report["quantize_nodes_simplified"] == report["quantize_nodes_exported"]
+    # no float copy of any weight is left in the file
+    float_shapes = {tuple(i.dims) for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
+    assert not float_shapes & WEIGHT_SHAPES
+    assert report["onnx_bytes"] == path.stat().st_size
+    # int8 weights: about a quarter of the FP32 file for a weight-dominated model
+    assert path.stat().st_size < 0.4 * art["onnx"]["fp32"].stat().st_size
+
+
+@pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
+def test_quantized_export_matches_fake_quant(art, tag):
+    x = art["splits"].x["test"]
+    expected = _torch_logits(art["ckpt"][tag], x)  # training-time fake quantization, not export mode
+    actual = _ort(art["onnx"][tag]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_array_equal(actual.argmax(1), expected.argmax(1))
+    assert np.abs(actual - expected).max() <= 1e-3 * np.abs(expected).max()
+    assert art["report"][tag]["argmax_agreement_vs_torch"] == 1.0
+    fp32 = _torch_logits(art["ckpt"]["fp32"], x)
+    assert np.abs(expected - fp32).max() > 1e-3  # the comparison is with the quantized model, not the float one
+
+
+@pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
+def test_folded_weights_times_scale_equal_torch_quantized_weights(art, tag):
+    model = onnx.load(str(art["onnx"][tag]))
+    values = _constant_values(model)
+    torch_model, _ = stages.load_checkpoint(art["ckpt"][tag])
+    by_shape = {tuple(m.weight.shape): m for _, m in quant.quant_modules(torch_model)}
+    checked = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or values.get(node.input[0]) is None:
+            continue
+        q, scale = values[node.input[0]], values[node.input[1]]
+        layer = by_shape[q.shape]
+        wq = layer.weight_quantizer
+        step = wq.step.detach().numpy()
+        np.testing.assert_array_equal(scale, step)
+        with torch.no_grad():
+            expected = torch.clamp(torch.round(layer.weight / wq._broadcast(wq.step, layer.weight)), wq.qmin, wq.qmax)
+        np.testing.assert_array_equal(q.astype(np.int64), expected.numpy().astype(np.int64))
+        checked += 1
+    assert checked == QUANT_LAYERS
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. low-bit meaning kept inside 8-bit containers
+
+
+def test_w4a4_int8_weights_stay_in_4_bit_range(art):
+    model = onnx.load(str(art["onnx"]["w4a4"]))
+    ints = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == TensorProto.INT8
+            and tuple(i.dims) in WEIGHT_SHAPES]
+    assert len(ints) == QUANT_LAYERS
+    for q in ints:
+        assert q.min() >= -8 and q.max() <= 7
+    allq = np.concatenate([q.ravel() for q in ints])
+    assert allq.min() == -8 or allq.max() == 7  # the 4-bit range is used, not a narrower one
+    # the same model at 8 bits uses the wider range: the test can tell them apart
+    ints8 = [numpy_helper.to_array(i) for i in onnx.load(str(art["onnx"]["w8a8"])).graph.initializer
+             if i.data_type == TensorProto.INT8 and tuple(i.dims) in WEIGHT_SHAPES]
+    assert max(int(np.abs(q).max()) for q in ints8) > 8
+
+
+def test_w4a4_activation_quantizers_clip_to_4_bits(art):
+    model = onnx.load(str(art["onnx"]["w4a4"]))
+    values = _constant_values(model)
+    producers = _producers(model)
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantize) == QUANT_LAYERS
+    unsigned = []
+    for node in quantize:
+        scale, zero = values[node.input[1]], values[node.input[2]]
+        clip = producers[node.input[0]]
+        assert clip.op_type == "Clip"
+        lo, hi = float(values[clip.input[1]]), float(values[clip.input[2]])
+        assert int(zero) == 0
+        if zero.dtype == np.uint8:
+            unsigned.append(node)
+            assert lo == 0.0 and hi / float(scale) == pytest.approx(15, rel=1e-6)
+        else:
+            assert zero.dtype == np.int8
+            assert lo / float(scale) == pytest.approx(-8, rel=1e-6) and hi / float(scale) == pytest.approx(7, rel=1e-6)
+    # the three post-ReLU inputs are unsigned; the first layer sees normalised (signed) pixels
+    assert len(unsigned) == 3
+    assert producers[quantize[0].input[0]].input[0] == "input" and quantize[0] not in unsigned
+    # run with large inputs: the integers never leave the 4-bit range, and saturate at its ends
+    probe = copy.deepcopy(model)
+    for node in quantize:
+        elem = TensorProto.UINT8 if node in unsigned else TensorProto.INT8
+        probe.graph.output.append(helper.make_tensor_value_info(node.output[0], elem, None))
+    x = 20 * art["splits"].x["test"][:8].numpy()
+    outs = _ort(probe).run(None, {"input": x})[1:]
+    for node, q in zip(quantize, outs):
+        if node in unsigned:
+            assert q.dtype == np.uint8 and q.max() == 15 and q.min() == 0
+        else:
+            assert q.dtype == np.int8 and q.max() == 7 and q.min() == -8
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. fold_weight_quantizers on a hand-built graph
+
+
+def _handmade_q_graph() -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    # A: per-channel (axis=0), int8, non-zero zero points, exact .5 ties and saturation
+    scale_a = np.array([0.5, 0.25, 2.0], np.float32)
+    zero_a = np.array([0, 3, -2], np.int8)
+    ticks = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 1000.0, -1000.0], np.float32)
+    w_a = (scale_a[:, None] * ticks[None, :]).astype(np.float32)
+    # B: per-tensor uint8 from a Constant node, a scale that is not a power of two
+    w_b = rng.uniform(-5, 30, (2, 5)).astype(np.float32)
+    # C: per-channel with the default axis (1)
+    w_c = rng.normal(0, 1, (2, 3, 4)).astype(np.float32)
+    scale_c = np.array([0.01, 0.05, 0.003], np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in [
+        (w_a, "w_a"), (scale_a, "s_a"), (zero_a, "z_a"), (np.array(0.1, np.float32), "s_b"),
+        (np.array(10, np.uint8), "z_b"), (w_c, "w_c"), (scale_c, "s_c"), (np.zeros(3, np.int8), "z_c")]]
+    nodes = [
+        helper.make_node("Constant", [], ["w_b"], value=numpy_helper.from_array(w_b)),
+        helper.make_node("QuantizeLinear", ["w_a", "s_a", "z_a"], ["q_a"], axis=0),
+        helper.make_node("QuantizeLinear", ["w_b", "s_b", "z_b"], ["q_b"]),
+        helper.make_node("QuantizeLinear", ["w_c", "s_c", "z_c"], ["q_c"]),
+        helper.make_node("Identity", ["q_a"], ["out_a"]),
+        helper.make_node("Identity", ["q_b"], ["out_b"]),
+        helper.make_node("Identity", ["q_c"], ["out_c"]),
+        helper.make_node("DequantizeLinear", ["q_a", "s_a", "z_a"], ["deq_a"], axis=0),
+    ]
+    outputs = [helper.make_tensor_value_info("out_a", TensorProto.INT8, [3, 8]),
+               helper.make_tensor_value_info("out_b", TensorProto.UINT8, [2, 5]),
+               helper.make_tensor_value_info("out_c", TensorProto.INT8, [2, 3, 4]),
+               helper.make_tensor_value_info("deq_a", TensorProto.FLOAT, [3, 8])]
+    graph = helper.make_graph(nodes, "q", [], outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_fold_weight_quantizers_matches_onnxruntime():
+    model = _handmade_q_graph()
+    reference = _ort(model).run(None, {})
+    folded_model = copy.deepcopy(model)
+    assert export.fold_weight_quantizers(folded_model) == 3
+    onnx.checker.check_model(folded_model)
+    assert "QuantizeLinear" not in _ops(folded_model) and "Constant" not in _ops(folded_model)
+    inits = {i.name: numpy_helper.to_array(i) for i in folded_model.graph.initializer}
+    assert not {"w_a", "w_b", "w_c"} & set(inits)  # the float weights are gone
+    for name, ref in zip(("q_a", "q_b", "q_c"), reference[:3]):
+        assert inits[name].dtype == ref.dtype
+        np.testing.assert_array_equal(inits[name], ref)
+    # round half to even, zero point added after rounding, then saturation
+    np.testing.assert_array_equal(inits["q_a"], [[-2, -2, 0, 0, 2, 2, 127, -128],
+                                                 [1, 1, 3, 3, 5, 5, 127, -128],
+                                                 [-4, -4, -2, -2, 0, 0, 127, -128]])
+    for a, b in zip(_ort(folded_model).run(None, {}), reference):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fold_weight_quantizers_leaves_runtime_quantizers():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g", [x], [y],
+        initializer=[numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                     numpy_helper.from_array(np.array(0, np.int8), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    assert export.fold_weight_quantizers(model) == 0
+    assert model.SerializeToString() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. deployed accuracy
+
+
+def test_onnx_top1_equals_torch_top1_for_fp32(art):
+    splits = art["splits"]
+    model, _ = stages.load_checkpoint(art["ckpt"]["fp32"])
+    torch_top1 = train.evaluate(model, splits.x["test"], splits.y["test"])
+    assert 20.0 < torch_top1  # the model learned something, so a wrong input pipeline would show
+    assert export.onnx_top1(art["onnx"]["fp32"], art["data"]) == torch_top1
+    assert export.onnx_top1(art["onnx"]["fp32"], art["data"], batch_size=7) == torch_top1  # uneven last batch
+
+
+def test_onnx_top1_quantized_close_to_torch(art):
+    splits = art["splits"]
+    model, _ = stages.load_checkpoint(art["ckpt"]["w8a8"])
+    torch_top1 = train.evaluate(model, splits.x["test"], splits.y["test"])
+    assert export.onnx_top1(art["onnx"]["w8a8"], art["data"], batch_size=16) == pytest.approx(torch_top1, abs=2.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. a broken export is detected
+
+
+def test_broken_export_raises_and_writes_nothing(art, tmp_path, monkeypatch):
+    real_session = export.session
+
+    class Shifted:
+        def __init__(self, sess):
+            self.sess = sess
+
+        def run(self, *args, **kwargs):
+            out = self.sess.run(*args, **kwargs)
+            return [out[0] + 1000.0, *out[1:]]
+
+    monkeypatch.setattr(export, "session", lambda *a, **k: Shifted(real_session(*a, **k)))
+    out = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeError, match="differs"):
+        export.export_onnx(art["ckpt"]["w8a8"], out)
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. benchmark
+
+
+def test_benchmark_rows(art):
+    path = art["onnx"]["w8a8"]
+    rows = bench.benchmark_onnx(path, IMAGE_SHAPE, [4, 1], threads=1, warmup=1, iterations=5)
+    assert [r["batch"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["latency_ms_p50"] > 0 and r["latency_ms_mean"] > 0
+        assert r["latency_ms_p99"] >= r["latency_ms_p50"]
+        assert r["throughput_ips"] == pytest.approx(r["batch"] * 1000.0 / r["latency_ms_mean"], rel=1e-9)
+        assert r["model_bytes"] == path.stat().st_size
+        assert isinstance(r["peak_mem_bytes"], int) and r["peak_mem_bytes"] >= 0
+        assert r["threads"] == 1 and r["iterations"] == 5 and r["backend"] == "onnxruntime-cpu"
+
+
+def test_bench_module_does_not_import_torch():
+    code = "import qatstudy.bench, sys; assert 'torch' not in sys.modules and 'timm' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_fold_weight_quantizers_accepts_a_missing_zero_point():
+    """ONNX makes QuantizeLinear's zero point optional (uint8 zero); folding must match onnxruntime."""
+    weight = np.array([[0.05, 0.26, 1.0], [2.4, 0.0, 0.74]], dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["w", "s"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s"], ["y"])],
+        "no_zero_point", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array(0.01, np.float32), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+    assert export.fold_weight_quantizers(model) == 1
+    folded = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+    np.testing.assert_array_equal(folded, expected)
+    assert numpy_helper.to_array(model.graph.initializer[-1]).dtype == np.uint8
