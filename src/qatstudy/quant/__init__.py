@@ -1,5 +1,6 @@
 """Quantization: LSQ quantizers, layer wrapping, calibration (one small module family)."""
 
+from .attention import QuantViTAttention, QuantWindowAttention, quantize_attention
 from .calibrate import CALIBRATION_METHODS, calibrate, init_asymmetric_range, init_quantizer, init_step_size
 from .modules import (
     QuantConv2d,
@@ -19,6 +20,8 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "QuantScheme",
+    "QuantViTAttention",
+    "QuantWindowAttention",
     "calibrate",
     "export_mode",
     "init_asymmetric_range",
@@ -27,6 +30,7 @@ __all__ = [
     "integer_range",
     "model_size_bytes",
     "quant_modules",
+    "quantize_attention",
     "quantize_model",
     "quantizers",
     "round_ste",

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .modules import quant_modules
+from .modules import quant_modules, quantizers
 from .quantizer import LSQQuantizer, integer_range
 
 CALIBRATION_METHODS = ("minmax", "percentile", "mse")
@@ -77,21 +77,19 @@ def init_quantizer(q: LSQQuantizer, rows: torch.Tensor, method: str) -> None:
 
 
 class _ActivationRecorder:
-    """Keeps a bounded random sample of a layer's inputs and their minimum."""
+    """Keeps a bounded random sample of a quantizer's inputs and their minimum."""
 
     def __init__(self, generator: torch.Generator):
         self.samples: list[torch.Tensor] = []
-        self.count = 0
         self.minimum = float("inf")
         self.generator = generator
 
-    def __call__(self, _module, args) -> None:
-        x = args[0].detach().reshape(-1)
+    def __call__(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1)
         self.minimum = min(self.minimum, float(x.min()))
         if x.numel() > _MAX_SAMPLES:
             x = x[torch.randint(0, x.numel(), (_MAX_SAMPLES,), generator=self.generator)]
         self.samples.append(x)
-        self.count += x.numel()
 
     def values(self) -> torch.Tensor:
         x = torch.cat(self.samples)
@@ -100,59 +98,49 @@ class _ActivationRecorder:
         return x
 
 
+def _ignore(_x: torch.Tensor) -> None:
+    pass
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "mse", seed: int = 0) -> int:
     """Initialise every quantizer's step size; returns the number of images seen.
 
-    Activation ranges are observed on the float model (all quantizers bypassed), the standard
-    post-training calibration; an input that is never negative gets an unsigned quantizer.
+    Weight quantizers start from their weights. Activation quantizers (layer inputs and, where
+    wrapped, attention internals) start from values observed on the float model: while
+    calibrating every quantizer passes its input through unchanged (the standard post-training
+    calibration). A symmetric quantizer whose input is never negative becomes unsigned.
     """
-    layers = [m for _, m in quant_modules(model)]
+    weight_quantizers = {id(m.weight_quantizer): m for _, m in quant_modules(model)}
     generator = torch.Generator().manual_seed(seed)
     recorders = {}
-    hooks = []
-    for layer in layers:
-        wq = layer.weight_quantizer
-        weight = layer.weight.detach()
-        init_quantizer(wq, weight.reshape(weight.shape[0], -1) if wq.channel_axis is not None else weight.reshape(1, -1),
-                       method)
-        recorders[layer] = _ActivationRecorder(generator)
-        hooks.append(layer.register_forward_pre_hook(recorders[layer]))
+    all_quantizers = [q for _, q in quantizers(model)]
+    for q in all_quantizers:
+        layer = weight_quantizers.get(id(q))
+        if layer is not None:
+            weight = layer.weight.detach()
+            rows = weight.reshape(weight.shape[0], -1) if q.channel_axis is not None else weight.reshape(1, -1)
+            init_quantizer(q, rows, method)
+            q.observer = _ignore
+        else:
+            q.observer = recorders[q] = _ActivationRecorder(generator)
     was_training = model.training
     model.eval()
     seen = 0
     try:
-        with bypass_quantizers(layers):
-            for x in batches:
-                model(x)
-                seen += x.shape[0]
+        for x in batches:
+            model(x)
+            seen += x.shape[0]
     finally:
-        for hook in hooks:
-            hook.remove()
+        for q in all_quantizers:
+            q.observer = None
         model.train(was_training)
     if seen == 0:
         raise ValueError("calibration needs at least one batch")
-    for layer, recorder in recorders.items():
-        q = layer.input_quantizer
+    for q, recorder in recorders.items():
+        if not recorder.samples:
+            raise RuntimeError("an activation quantizer saw no data during calibration (is it on the forward path?)")
         if not q.asymmetric:
             q.signed = recorder.minimum < 0
         init_quantizer(q, recorder.values()[None, :], method)
     return seen
-
-
-class bypass_quantizers:
-    """Context manager: weight and activation quantizers pass their input through unchanged."""
-
-    def __init__(self, layers):
-        self.layers = layers
-        self.saved = []
-
-    def __enter__(self):
-        for layer in self.layers:
-            self.saved.append((layer.weight_quantizer, layer.input_quantizer))
-            layer.weight_quantizer, layer.input_quantizer = nn.Identity(), nn.Identity()
-        return self
-
-    def __exit__(self, *exc):
-        for layer, (weight_q, input_q) in zip(self.layers, self.saved):
-            layer.weight_quantizer, layer.input_quantizer = weight_q, input_q

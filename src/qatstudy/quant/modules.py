@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import quantize_attention
 from .quantizer import LSQQuantizer
 
 
@@ -26,7 +27,9 @@ class QuantScheme:
     (or per tensor); activations per tensor, symmetric (signedness from calibration) or, with
     `act_asymmetric`, LSQ+ with a learned offset. `first_last_bits`, when set, gives the first
     layer (stem / patch embedding) and the classifier head their own bit-width: the
-    module-dependent scheme, against the uniform one.
+    module-dependent scheme, against the uniform one. `quantize_attention` also quantizes ViT
+    attention internals (Q, K, V, attention probabilities), at `attention_bits` if set, else at
+    `a_bits`.
     """
 
     w_bits: int
@@ -34,9 +37,11 @@ class QuantScheme:
     weight_per_channel: bool = True
     act_asymmetric: bool = False
     first_last_bits: int | None = None
+    quantize_attention: bool = False
+    attention_bits: int | None = None
 
     def __post_init__(self):
-        for name in ("w_bits", "a_bits", "first_last_bits"):
+        for name in ("w_bits", "a_bits", "first_last_bits", "attention_bits"):
             bits = getattr(self, name)
             if bits is not None and not 2 <= bits <= 8:
                 raise ValueError(f"{name} must be between 2 and 8, got {bits}")
@@ -96,6 +101,8 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
     layers = [m for m in model.modules() if type(m) in _QUANT_CLASS]
     if not layers:
         raise ValueError("model has no Conv2d or Linear layer to quantize")
+    if scheme.quantize_attention:
+        quantize_attention(model, scheme.attention_bits or scheme.a_bits)
     for i, module in enumerate(layers):
         module.__class__ = _QUANT_CLASS[type(module)]
         module._setup_quantizers(scheme.for_layer(i in (0, len(layers) - 1)))

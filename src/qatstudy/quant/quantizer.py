@@ -54,6 +54,7 @@ class LSQQuantizer(nn.Module):
         self.offset = nn.Parameter(torch.zeros_like(self.step)) if asymmetric else None
         self.register_buffer("initialized", torch.tensor(False))
         self.export_mode = False  # set by `quant.export_mode()`: ONNX-exportable Q/DQ ops
+        self.observer = None  # set by calibration: sees the input, which passes through unchanged
 
     @property
     def asymmetric(self) -> bool:
@@ -89,6 +90,9 @@ class LSQQuantizer(nn.Module):
         return step.reshape(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer(x)
+            return x
         if not bool(self.initialized):
             raise RuntimeError("LSQQuantizer used before its step size was initialised (run calibration first)")
         if self.export_mode:
