@@ -8,6 +8,7 @@ rule aggregate:
         accuracy="results/tables/accuracy.csv",
         bench="results/tables/bench.csv",
         summary="results/tables/summary.md",
+        oscillation="results/tables/oscillation.csv",
     params:
         summary_bits=config["figures"]["summary_bits"],
     log:

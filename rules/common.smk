@@ -5,7 +5,7 @@ import math
 from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
-from qatstudy.workflow import merged_settings, model_identity
+from qatstudy.workflow import merged_settings, model_identity, qat_objective
 
 DATASET = config["dataset"]["name"]
 SPLITS = f"data/{DATASET}/splits.npz"
@@ -13,7 +13,8 @@ MODELS = list(config["models"])
 SEEDS = config["seeds"]
 BIT_TAGS = [bits if isinstance(bits, str) else f"w{bits}a{bits}" for bits in config["bits"]]
 RUN = "runs/{model}/seed{seed}"
-TABLES = ["results/tables/accuracy.csv", "results/tables/bench.csv", "results/tables/summary.md"]
+TABLES = ["results/tables/accuracy.csv", "results/tables/bench.csv", "results/tables/summary.md",
+          "results/tables/oscillation.csv"]
 FIGURE_NAMES = ["accuracy_by_bits", "accuracy_vs_latency"]
 FIGURES = expand("results/figures/{name}.{ext}", name=FIGURE_NAMES, ext=["png", "svg", "html"])
 DEPLOYED = ["fp32"] + [f"qat_{tag}" for tag in BIT_TAGS]  # the variants exported and benchmarked

@@ -30,6 +30,7 @@ rule qat:
     params:
         identity=identity,
         settings=train_settings("qat"),
+        objective=qat_objective(config),
         quant=config["quant"],
         calibration=config["calibration"],
     threads: cpu_share(config["threads"]["train"])

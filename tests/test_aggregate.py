@@ -346,3 +346,23 @@ def test_bits_label():
     assert charts.bits_label(4, 4) == "4-bit"
     assert charts.bits_label(4, 8) == "W4A8"
     assert aggregate.ACCURACY_COLUMNS[0] == "model"
+
+
+def test_oscillation_table_has_a_row_per_qat_epoch_and_layer(tmp_path):
+    from qatstudy.aggregate import oscillation_table
+
+    history = [{"epoch": e, "oscillating_share": 0.1 * e, "frozen_share": 0.0,
+                "layers": {"conv1": {"oscillating": 0.2 * e, "frozen": 0.0}, "fc": {"oscillating": 0.0, "frozen": 0.0}}}
+               for e in (1, 2)]
+    files = []
+    for method, hist in [("qat", history), ("fp32", [{"epoch": 1, "val_top1": 50.0}])]:
+        path = tmp_path / method / "metrics.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"model": "m", "family": "cnn", "method": method, "w_bits": 4, "a_bits": 4,
+                                    "seed": 0, "history": hist}))
+        files.append(str(path))
+    table = oscillation_table(files)
+    assert len(table) == 2 * 3  # (all) + two layers, per epoch; the FP32 run has none
+    overall = table[table.layer == "(all)"]
+    assert overall.oscillating_share.tolist() == pytest.approx([0.1, 0.2])
+    assert table[(table.layer == "conv1") & (table.epoch == 2)].oscillating_share.item() == pytest.approx(0.4)

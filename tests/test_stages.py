@@ -228,7 +228,7 @@ def test_qat_checkpoint_round_trip_and_frozen_batchnorm(data, fp32, tmp_path, mo
 
     trained = saved["model"].eval()
     loaded, ckpt = stages.load_checkpoint(tmp_path / "model.pt")
-    assert ckpt["scheme"] == {"w_bits": 4, "a_bits": 4}
+    assert quant.QuantScheme(**ckpt["scheme"]) == SCHEME
     x = stages.Splits(data).x["test"]
     with torch.no_grad():
         assert torch.equal(loaded(x), trained(x))
@@ -295,3 +295,22 @@ def test_freeze_batchnorm_without_batchnorm_is_a_no_op():
     stages.freeze_batchnorm(model)
     model.train()
     assert all(m.training for m in model.modules())
+
+
+def test_qat_with_distillation_regularizer_and_multicrop_records_oscillation(data, fp32, tmp_path):
+    from qatstudy.objectives import QATSettings
+
+    folder, _ = fp32
+    objective = QATSettings(distill_weight=0.5, distill_temperature=2.0, crops=2, regularizer_weight=0.1,
+                            freeze_threshold=0.5)
+    record = stages.qat(data=str(data), fp32_checkpoint=str(folder / "model.pt"), scheme=SCHEME, identity=IDENTITY,
+                        settings=settings(1), calibration="minmax", calib_images=64, seed=0,
+                        checkpoint=str(tmp_path / "model.pt"), metrics=str(tmp_path / "metrics.json"),
+                        objective=objective, log=lambda _: None)
+    assert record["objective"]["distill_weight"] == 0.5 and record["objective"]["crops"] == 2
+    epoch = record["history"][0]
+    assert 0.0 <= epoch["oscillating_share"] <= 1.0 and 0.0 <= epoch["frozen_share"] <= 1.0
+    assert set(epoch["layers"]) == {name for name, _ in quant.quant_modules(stages.load_checkpoint(tmp_path / "model.pt")[0])}
+    plain = run_qat(data, folder / "model.pt", tmp_path / "plain")
+    assert plain["history"][0]["oscillating_share"] >= 0.0  # tracking is always on
+    assert record["test_top1"] >= 0.0 and record != plain

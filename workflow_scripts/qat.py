@@ -1,3 +1,4 @@
+from qatstudy.objectives import QATSettings
 from qatstudy.quant import QuantScheme
 from qatstudy.stages import qat
 from qatstudy.settings import TrainSettings
@@ -10,7 +11,8 @@ def main(snakemake, log):
         scheme=QuantScheme.from_tag(snakemake.wildcards.tag, **p.quant), identity=p.identity,
         settings=TrainSettings(**p.settings), calibration=p.calibration["method"],
         calib_images=p.calibration["images"], seed=int(snakemake.wildcards.seed),
-        checkpoint=snakemake.output.checkpoint, metrics=snakemake.output.metrics, log=log)
+        objective=QATSettings(**p.objective), checkpoint=snakemake.output.checkpoint,
+        metrics=snakemake.output.metrics, log=log)
 
 
 run(snakemake, main)

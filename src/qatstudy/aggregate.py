@@ -44,6 +44,30 @@ def bench_table(bench_files: list[str]) -> pd.DataFrame:
                              ignore_index=True)
 
 
+def oscillation_table(metrics_files: list[str]) -> pd.DataFrame:
+    """Per QAT run, epoch and quantized layer: the share of oscillating and of frozen weights.
+
+    Layer "(all)" is the weight-count-weighted share over the whole model.
+    """
+    rows = []
+    for f in metrics_files:
+        m = read_json(f)
+        if m["method"] != "qat":
+            continue
+        key = {k: m[k] for k in ("model", "family", "w_bits", "a_bits", "seed")}
+        for h in m.get("history", []):
+            if "oscillating_share" not in h:
+                continue
+            rows.append({**key, "epoch": h["epoch"], "layer": "(all)", "oscillating_share": h["oscillating_share"],
+                         "frozen_share": h["frozen_share"]})
+            rows += [{**key, "epoch": h["epoch"], "layer": name, "oscillating_share": layer["oscillating"],
+                      "frozen_share": layer["frozen"]} for name, layer in h["layers"].items()]
+    columns = ["model", "family", "w_bits", "a_bits", "seed", "epoch", "layer", "oscillating_share", "frozen_share"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values(["family", "model", "w_bits", "seed", "epoch"], ascending=[True, True, False, True, True],
+                             kind="stable", ignore_index=True)
+
+
 def write_csv(frame: pd.DataFrame, dest: str | Path) -> None:
     with atomic_path(dest) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")

@@ -18,6 +18,7 @@ from .batches import Splits, iterate_batches
 from .data import md5sum
 from .io import atomic_path, write_json
 from .models import count_parameters, create_model
+from .objectives import QATObjective, QATSettings
 from .settings import TrainSettings
 from .train import evaluate, fit
 
@@ -105,21 +106,25 @@ def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
 
 
 def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, settings: TrainSettings,
-        calibration: str, calib_images: int, seed: int, checkpoint: str, metrics: str, log=print) -> dict:
-    """Quantization-aware training: LSQ fake quantization initialised from the FP32 model, fine-tuned."""
+        calibration: str, calib_images: int, seed: int, checkpoint: str, metrics: str,
+        objective: QATSettings = QATSettings(), log=print) -> dict:
+    """Quantization-aware training: LSQ fake quantization initialised from the FP32 model, fine-tuned,
+    with the FP32 model as distillation teacher when `objective.distill_weight` > 0."""
     splits = Splits(data)
     model, ckpt = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
                                        calib_images=calib_images, batch_size=settings.batch_size, seed=seed)
+    teacher = load_checkpoint(fp32_checkpoint)[0] if objective.distill_weight > 0 else None
     # Batch-norm statistics stay frozen at their FP32 values during the short fine-tune: the
     # deployed graph then computes exactly what was trained (see README, "Batch norm").
     freeze_batchnorm(model)
     result = fit(model, splits, settings, seed=seed, resume_path=Path(checkpoint).with_suffix(".resume"),
                  desc=f"{identity['model']} qat {scheme.tag}", log=log,
+                 objective=QATObjective(model, objective, teacher=teacher),
                  inputs={"data": md5sum(data), "fp32": md5sum(fp32_checkpoint), "scheme": repr(scheme),
-                         "calibration": calibration, "calib_images": calib_images})
+                         "calibration": calibration, "calib_images": calib_images, "objective": repr(objective)})
     record = _record(model, splits, {**identity, "method": "qat", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
                                      "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration,
-                     **result)
+                     objective=dataclasses.asdict(objective), **result)
     save_checkpoint(checkpoint, model, arch=ckpt["arch"], kwargs=ckpt["kwargs"], num_classes=ckpt["num_classes"],
                     image_shape=ckpt["image_shape"], scheme=scheme)
     write_json(metrics, record)

@@ -34,12 +34,13 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 
 def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int, resume_path: str | Path,
-        desc: str = "train", inputs: dict | None = None, log=print) -> dict:
+        desc: str = "train", inputs: dict | None = None, objective=None, log=print) -> dict:
     """Train `model` in place and leave it at its best-validation epoch.
 
     After every epoch the full training state is saved to `resume_path`; a rerun with the same
     settings, seed and `inputs` (what the run starts from: data and checkpoint digests, model,
-    scheme) continues from there. Returns the per-epoch history and timings.
+    scheme) continues from there. `objective` (a `QATObjective`) adds QAT's loss terms, multi-crop
+    batches and oscillation tracking. Returns the per-epoch history and timings.
     """
     resume_path = Path(resume_path)
     fingerprint = settings.fingerprint(seed=seed, desc=desc, inputs=inputs or {})
@@ -61,6 +62,8 @@ def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int,
             torch.set_rng_state(saved["rng"]["torch"])
             generator.set_state(saved["rng"]["generator"])
             state = saved["state"]
+            if objective is not None:
+                objective.load_state_dict(saved["objective"])
             log(f"resumed {desc} from {resume_path} after epoch {state['epoch']}")
         else:
             log(f"ignoring {resume_path}: it was written with other settings")
@@ -72,30 +75,42 @@ def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int,
                                   generator=generator, limit=n_train)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{settings.epochs}",
                    mininterval=5.0, leave=True)
-        for xb, yb in bar:
-            xb = augment(xb, settings.crop_padding, settings.hflip, generator)
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=settings.label_smoothing)
+        crops = objective.crops if objective is not None else 1
+        for step, (xb, yb) in enumerate(bar):
+            xb = torch.cat([augment(xb, settings.crop_padding, settings.hflip, generator) for _ in range(crops)])
+            yb = yb.repeat(crops)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
+            if objective is not None:
+                progress = (epoch * steps_per_epoch + step) / (settings.epochs * steps_per_epoch)
+                loss = objective.loss(logits, loss, xb, progress)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if objective is not None:
+                objective.after_step()
             total_loss += loss.item() * len(yb)
             seen += len(yb)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
         epoch_time = time.perf_counter() - start
         val_top1 = evaluate(model, splits.x["val"], splits.y["val"])
         state["history"].append({"epoch": epoch + 1, "train_loss": total_loss / seen, "val_top1": val_top1,
-                                 "epoch_time_s": epoch_time, "images_per_s": seen / epoch_time})
+                                 "epoch_time_s": epoch_time, "images_per_s": seen / epoch_time,
+                                 **(objective.epoch_summary() if objective is not None else {})})
         state["train_time_s"] += epoch_time
         if val_top1 > state["best_val"]:
             state["best_val"] = val_top1
             state["best_state"] = copy.deepcopy(model.state_dict())
         state["epoch"] = epoch + 1
+        oscillation = (f", {100 * state['history'][-1]['oscillating_share']:.2f}% of weights oscillating"
+                       if objective is not None else "")
         log(f"{desc} epoch {epoch + 1}: loss {total_loss / seen:.4f}, val top-1 {val_top1:.2f}%, "
-            f"{seen / epoch_time:.0f} img/s")
+            f"{seen / epoch_time:.0f} img/s{oscillation}")
         with atomic_path(resume_path) as tmp:
             torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "rng": _rng_state(generator), "state": state}, tmp)
+                        "scheduler": scheduler.state_dict(), "rng": _rng_state(generator), "state": state,
+                        "objective": objective.state_dict() if objective is not None else None}, tmp)
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     best_epoch = max(state["history"], key=lambda h: h["val_top1"])["epoch"] if state["history"] else 0

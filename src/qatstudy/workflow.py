@@ -18,6 +18,14 @@ def merged_settings(config: dict, stage: str, model: str) -> dict:
     return {k: v for k, v in settings.items() if k in _SETTING_KEYS}
 
 
+def qat_objective(config: dict) -> dict:
+    """QATSettings fields from the config's distillation, regularizer and oscillation sections."""
+    distill, reg, osc = config["distillation"], config["regularizer"], config["oscillation"]
+    return {"distill_weight": distill["weight"], "distill_temperature": distill["temperature"],
+            "crops": distill["crops"], "regularizer_weight": reg["weight"], "oscillation_momentum": osc["momentum"],
+            "oscillation_threshold": osc["threshold"], "freeze_threshold": osc["freeze_threshold"]}
+
+
 def model_identity(model: str, config: dict) -> dict:
     spec = config["models"][model]
     return {"model": model, "family": spec["family"], "arch": spec["arch"], "kwargs": dict(spec.get("kwargs", {}))}

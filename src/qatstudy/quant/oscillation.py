@@ -1,0 +1,73 @@
+"""Weight-oscillation tracking during QAT, with optional freezing (Nagel et al., ICML 2022).
+
+A latent weight oscillates when its integer value w_int = clamp(round(w / s)) changes direction
+between updates (up then down, or down then up). Per weight, the oscillation frequency is an
+exponential moving average of that event; a layer's oscillation share is the fraction of its
+weights whose frequency exceeds a threshold. Freezing fixes a weight whose frequency exceeds the
+freeze threshold at the rounded moving average of its integer value.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .modules import quant_modules
+
+
+class OscillationTracker:
+    def __init__(self, model: nn.Module, *, momentum: float = 0.99, threshold: float = 0.01,
+                 freeze_threshold: float | None = None):
+        if not 0 < momentum < 1:
+            raise ValueError(f"oscillation momentum must be in (0, 1), got {momentum}")
+        self.layers = dict(quant_modules(model))
+        self.momentum, self.threshold, self.freeze_threshold = momentum, threshold, freeze_threshold
+        self.state = {name: self._initial_state(layer) for name, layer in self.layers.items()}
+
+    @staticmethod
+    @torch.no_grad()
+    def integer_weights(layer) -> torch.Tensor:
+        q = layer.weight_quantizer
+        step = q._broadcast(q.step, layer.weight)
+        return torch.clamp(torch.round(layer.weight / step), q.qmin, q.qmax)
+
+    def _initial_state(self, layer) -> dict[str, torch.Tensor]:
+        w_int = self.integer_weights(layer)
+        zeros = torch.zeros_like(w_int)
+        return {"previous": w_int, "direction": zeros.clone(), "frequency": zeros.clone(), "average": w_int.clone(),
+                "frozen": torch.zeros_like(w_int, dtype=torch.bool), "target": zeros.clone()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Call after every optimizer step."""
+        m = self.momentum
+        for name, layer in self.layers.items():
+            s = self.state[name]
+            w_int = self.integer_weights(layer)
+            change = torch.sign(w_int - s["previous"])
+            flipped = (change != 0) & (s["direction"] != 0) & (change != s["direction"])
+            s["frequency"].mul_(m).add_(flipped.float(), alpha=1 - m)
+            s["average"] = torch.where(s["frozen"], s["average"], m * s["average"] + (1 - m) * w_int)
+            s["direction"] = torch.where(change != 0, change, s["direction"])
+            if self.freeze_threshold is not None:
+                newly = (s["frequency"] > self.freeze_threshold) & ~s["frozen"]
+                q = layer.weight_quantizer
+                s["target"] = torch.where(newly, torch.clamp(torch.round(s["average"]), q.qmin, q.qmax), s["target"])
+                s["frozen"] |= newly
+                if s["frozen"].any():  # frozen weights sit on their target integer, whatever the optimizer did
+                    step = q._broadcast(q.step, layer.weight)
+                    layer.weight.copy_(torch.where(s["frozen"], s["target"] * step, layer.weight))
+                    w_int = self.integer_weights(layer)
+            s["previous"] = w_int
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per layer: share of oscillating weights and share frozen."""
+        return {name: {"oscillating": float((s["frequency"] > self.threshold).float().mean()),
+                       "frozen": float(s["frozen"].float().mean())}
+                for name, s in self.state.items()}
+
+    def state_dict(self) -> dict:
+        return {name: {k: v.clone() for k, v in s.items()} for name, s in self.state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = {name: {k: v.clone() for k, v in s.items()} for name, s in state.items()}
