@@ -5,7 +5,7 @@ rule bench_cpu:
     output:
         f"{RUN}/{{variant}}/bench_cpu.json",
     params:
-        bench=config["bench"],
+        bench=canonical(config["bench"]),
     threads: workflow.cores  # alone on the machine: timings without neighbours
     log:
         "logs/bench_cpu/{model}_seed{seed}_{variant}.log",

@@ -5,7 +5,7 @@ import math
 from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
-from qatstudy.workflow import merged_settings, model_identity, qat_objective
+from qatstudy.workflow import canonical, merged_settings, model_identity, qat_objective
 
 DATASET = config["dataset"]["name"]
 SPLITS = f"data/{DATASET}/splits.npz"

@@ -9,8 +9,8 @@ rule ptq:
         metrics=f"{RUN}/ptq_{{tag}}/metrics.json",
     params:
         identity=identity,
-        quant=config["quant"],
-        calibration=config["calibration"],
+        quant=canonical(config["quant"]),
+        calibration=canonical(config["calibration"]),
     threads: cpu_share(config["threads"]["eval"])
     log:
         "logs/ptq/{model}_seed{seed}_{tag}.log",
@@ -31,8 +31,8 @@ rule qat:
         identity=identity,
         settings=train_settings("qat"),
         objective=qat_objective(config),
-        quant=config["quant"],
-        calibration=config["calibration"],
+        quant=canonical(config["quant"]),
+        calibration=canonical(config["calibration"]),
     threads: cpu_share(config["threads"]["train"])
     log:
         "logs/qat/{model}_seed{seed}_{tag}.log",

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from qatstudy.workflow import job_threads, merged_settings
+from qatstudy.workflow import job_threads, merged_settings, model_identity
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -104,7 +104,7 @@ def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
     n_models = len(config["models"])
     assert counts == {"ptq": n_models, "qat": n_models, "export_onnx": n_models, "bench_cpu": n_models,
                       "aggregate": 1, "render_figures": 1, "all": 1, "total": 4 * n_models + 3}
-    scheduled = set(re.findall(r"runs/\S+?/(\w+)/", result.stdout))
+    scheduled = set(re.findall(r"runs/[^/\s]+/seed\d+/(\w+)/", result.stdout))
     assert scheduled == {"ptq_w2a2", "qat_w2a2"}
 
 
@@ -155,6 +155,14 @@ def test_job_threads_never_oversubscribe(monkeypatch, threads, cores, cpus, expe
     assert job_threads(job) == expected
 
 
+def test_key_order_in_the_config_does_not_change_params():
+    config = yaml.safe_load(TINY.read_text())
+    reordered = yaml.safe_load(yaml.safe_dump(config, sort_keys=True))
+    for model in config["models"]:
+        assert repr(merged_settings(config, "train", model)) == repr(merged_settings(reordered, "train", model))
+        assert repr(model_identity(model, config)) == repr(model_identity(model, reordered))
+
+
 def test_model_overrides_merge_over_stage_settings():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     vit = merged_settings(config, "train", "vit")
@@ -170,5 +178,5 @@ def test_weight_activation_tags_become_their_own_jobs(tmp_path):
     path = tmp_path / "wa.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--configfile", str(path), "--cores", "2", "all", "--dry-run")
-    scheduled = set(re.findall(r"runs/\S+?/(\w+)/", result.stdout))
+    scheduled = set(re.findall(r"runs/[^/\s]+/seed\d+/(\w+)/", result.stdout))
     assert scheduled == {"fp32", "ptq_w8a8", "ptq_w4a8", "qat_w8a8", "qat_w4a8"}

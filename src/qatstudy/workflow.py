@@ -12,23 +12,36 @@ from .settings import TrainSettings
 _SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
 
 
+def canonical(value):
+    """`value` with every mapping's keys sorted, recursively.
+
+    Snakemake compares rule params by their text, so the same settings written in another key
+    order would otherwise count as changed and rerun every job that uses them.
+    """
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
 def merged_settings(config: dict, stage: str, model: str) -> dict:
     """Global `train` / `qat` settings with the model's own overrides applied."""
     settings = {**config[stage], **config["models"][model].get(stage, {})}
-    return {k: v for k, v in settings.items() if k in _SETTING_KEYS}
+    return canonical({k: v for k, v in settings.items() if k in _SETTING_KEYS})
 
 
 def qat_objective(config: dict) -> dict:
     """QATSettings fields from the config's distillation, regularizer and oscillation sections."""
     distill, reg, osc = config["distillation"], config["regularizer"], config["oscillation"]
-    return {"distill_weight": distill["weight"], "distill_temperature": distill["temperature"],
+    return canonical({"distill_weight": distill["weight"], "distill_temperature": distill["temperature"],
             "crops": distill["crops"], "regularizer_weight": reg["weight"], "oscillation_momentum": osc["momentum"],
-            "oscillation_threshold": osc["threshold"], "freeze_threshold": osc["freeze_threshold"]}
+            "oscillation_threshold": osc["threshold"], "freeze_threshold": osc["freeze_threshold"]})
 
 
 def model_identity(model: str, config: dict) -> dict:
     spec = config["models"][model]
-    return {"model": model, "family": spec["family"], "arch": spec["arch"], "kwargs": dict(spec.get("kwargs", {}))}
+    return canonical({"model": model, "family": spec["family"], "arch": spec["arch"], "kwargs": spec.get("kwargs", {})})
 
 
 def job_threads(snakemake) -> int:
