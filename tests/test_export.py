@@ -7,7 +7,6 @@ Linear layer dominates the weights, trained for two epochs on a few dozen fake 2
 from __future__ import annotations
 
 import copy
-import gzip
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from timm.models import register_model
 from torch import nn
 
 from qatstudy import bench, export, quant, stages, train
-from qatstudy.data import prepare_splits
+from helpers import make_tiny_dataset
 
 torch.set_num_threads(1)
 
@@ -48,34 +47,6 @@ if ARCH not in timm.list_models():
 # tiny dataset and checkpoints
 
 
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    path.write_bytes(gzip.compress(header + arr.tobytes()))
-
-
-def make_tiny_dataset(folder: Path, n_train: int = 120, n_test: int = 40, val_size: int = 20, seed: int = 0) -> Path:
-    """Fake Fashion-MNIST IDX files (a bright square whose position is the class), prepared as .npz."""
-    rng = np.random.default_rng(seed)
-
-    def images(labels):
-        x = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            r, col = divmod(int(c), 4)
-            x[i, r * 9: r * 9 + 7, col * 7: col * 7 + 7] += 180
-        return x
-
-    y_train = np.arange(n_train) % 10
-    y_test = rng.permutation(np.arange(n_test) % 10)
-    raw = folder / "raw"
-    raw.mkdir(parents=True)
-    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-             "t10k-labels-idx1-ubyte.gz")
-    for name, arr in zip(names, (images(y_train), y_train, images(y_test), y_test)):
-        _write_idx(raw / name, arr)
-    out = folder / "splits.npz"
-    prepare_splits("fashion_mnist", raw, out, val_size=val_size, split_seed=0)
-    return out
 
 
 def _quantized_checkpoint(fp32_ckpt: Path, scheme: quant.QuantScheme, splits, out: Path) -> Path:

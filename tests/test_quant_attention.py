@@ -1,7 +1,5 @@
 """ViT attention internals: quantized Q, K, V and attention probabilities in timm ViT and Swin."""
 
-import io
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,6 +7,8 @@ import pytest
 import torch
 from timm.layers.attention import Attention
 from timm.models.swin_transformer import WindowAttention
+
+from helpers import export_quantized
 
 from qatstudy import quant
 from qatstudy.models import create_model
@@ -77,12 +77,8 @@ def test_attention_quantized_model_exports_with_qdq_matmul_inputs(name):
     model = quant.quantize_model(_model(name), QuantScheme(8, 8, quantize_attention=True))
     quant.calibrate(model, [torch.randn(8, 1, 28, 28)], method="minmax")
     x = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    buffer = io.BytesIO()
-    with quant.export_mode(model), torch.no_grad():
-        torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=17, input_names=["input"])
-    graph = onnx.load_from_string(buffer.getvalue()).graph
+    expected, exported = export_quantized(model, x)
+    graph = onnx.load_from_string(exported).graph
     producers = {out: node.op_type for node in graph.node for out in node.output}
     matmuls = [n for n in graph.node if n.op_type == "MatMul" and all(i in producers for i in n.input)]
     # the two attention matmuls per block take dequantized operands (through layout ops)
@@ -94,6 +90,6 @@ def test_attention_quantized_model_exports_with_qdq_matmul_inputs(name):
     activation_matmuls = [n for n in matmuls if all(source(i) == "DequantizeLinear" for i in n.input)]
     blocks = sum(isinstance(m, (QuantViTAttention, QuantWindowAttention)) for m in model.modules())
     assert len(activation_matmuls) >= 2 * blocks
-    actual = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    actual = ort.InferenceSession(exported, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert (actual.argmax(1) == expected.argmax(1)).all()
     assert np.abs(actual - expected).max() <= 0.05 * np.abs(expected).max()

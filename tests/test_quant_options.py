@@ -1,6 +1,5 @@
 """Quantizer options beyond the default: LSQ+ offset, per-tensor weights, module-dependent bits."""
 
-import io
 import math
 
 import numpy as np
@@ -8,6 +7,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
+
+from helpers import export_quantized
 
 from qatstudy import quant
 from qatstudy.models import create_model
@@ -119,12 +120,8 @@ def test_asymmetric_per_tensor_mixed_model_exports_to_matching_onnx():
                                                            first_last_bits=8)).eval()
     quant.calibrate(model, [torch.randn(32, 1, 8, 8)], method="mse")
     x = torch.randn(16, 1, 8, 8)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    buffer = io.BytesIO()
-    with quant.export_mode(model), torch.no_grad():
-        torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=17, input_names=["input"])
-    actual = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    expected, exported = export_quantized(model, x)
+    actual = ort.InferenceSession(exported, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert np.abs(actual - expected).max() < 1e-4
     assert (actual.argmax(1) == expected.argmax(1)).all()
 
