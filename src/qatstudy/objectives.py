@@ -32,9 +32,8 @@ def bin_regularizer(model: nn.Module) -> torch.Tensor:
     terms = []
     for _, layer in quant_modules(model):
         q = layer.weight_quantizer
-        scaled = layer.weight / q._broadcast(q.step.detach(), layer.weight)
-        centre = torch.clamp(torch.round(scaled), q.qmin, q.qmax).detach()
-        terms.append(((scaled - centre) ** 2).mean())
+        scaled = layer.weight / q.step_like(layer.weight)
+        terms.append(((scaled - q.to_integer(layer.weight.detach())) ** 2).mean())
     return torch.stack(terms).mean()
 
 

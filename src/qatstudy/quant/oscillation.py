@@ -27,9 +27,7 @@ class OscillationTracker:
     @staticmethod
     @torch.no_grad()
     def integer_weights(layer) -> torch.Tensor:
-        q = layer.weight_quantizer
-        step = q._broadcast(q.step, layer.weight)
-        return torch.clamp(torch.round(layer.weight / step), q.qmin, q.qmax)
+        return layer.weight_quantizer.to_integer(layer.weight)
 
     def _initial_state(self, layer) -> dict[str, torch.Tensor]:
         w_int = self.integer_weights(layer)
@@ -55,8 +53,7 @@ class OscillationTracker:
                 s["target"] = torch.where(newly, torch.clamp(torch.round(s["average"]), q.qmin, q.qmax), s["target"])
                 s["frozen"] |= newly
                 if s["frozen"].any():  # frozen weights sit on their target integer, whatever the optimizer did
-                    step = q._broadcast(q.step, layer.weight)
-                    layer.weight.copy_(torch.where(s["frozen"], s["target"] * step, layer.weight))
+                    layer.weight.copy_(torch.where(s["frozen"], s["target"] * q.step_like(layer.weight), layer.weight))
                     w_int = self.integer_weights(layer)
             s["previous"] = w_int
 

@@ -89,6 +89,14 @@ class LSQQuantizer(nn.Module):
         shape[self.channel_axis] = -1
         return step.reshape(shape)
 
+    def step_like(self, x: torch.Tensor) -> torch.Tensor:
+        """The (detached) step size broadcast against `x`."""
+        return self._broadcast(self.step.detach(), x)
+
+    def to_integer(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer each value of `x` quantizes to (symmetric quantizers: weights)."""
+        return torch.clamp(torch.round(x / self.step_like(x)), self.qmin, self.qmax)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer(x)
