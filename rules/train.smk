@@ -8,6 +8,7 @@ rule train_fp32:
         identity=identity,
         settings=train_settings("train"),
         pretrained=lambda w: config["models"][w.model]["pretrained"],
+        zero_init_head=lambda w: config["models"][w.model]["zero_init_head"],
     threads: cpu_share(config["threads"]["train"])
     log:
         "logs/train_fp32/{model}_seed{seed}.log",

@@ -31,6 +31,22 @@ def test_convstem_vit_has_a_conv_stem_and_49_tokens():
     assert tokens.shape == (1, 49, 64)
 
 
+def test_convstem_swin_has_14x14_tokens_in_7x7_windows():
+    model = create_model("swin_convstem_tiny", num_classes=10, in_chans=1)
+    assert isinstance(model.patch_embed, ConvStemPatchEmbed)
+    assert model.patch_embed.grid_size == (14, 14)
+    assert model.layers[0].blocks[0].window_size == (7, 7)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_zero_init_head_starts_every_logit_at_zero():
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_050", num_classes=10, in_chans=1, zero_init_head=True).eval()
+    with torch.no_grad():
+        assert torch.count_nonzero(model(torch.randn(2, 1, 28, 28))) == 0
+    assert torch.count_nonzero(model.conv_stem.weight) > 0  # only the classifier starts at zero
+
+
 def test_convstem_rejects_patch_sizes_that_are_not_powers_of_two():
     with pytest.raises(ValueError, match="power-of-two"):
         create_model("vit_convstem_tiny", num_classes=10, in_chans=1, kwargs={"patch_size": 7})

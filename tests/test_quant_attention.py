@@ -16,8 +16,7 @@ from qatstudy.quant import QuantScheme, QuantViTAttention, QuantWindowAttention
 
 TINY = {
     "vit": ("vit_convstem_tiny", {"embed_dim": 16, "depth": 2, "num_heads": 2}),
-    "swin": ("swin_tiny_patch4_window7_224", {"img_size": 28, "patch_size": 2, "window_size": 7, "embed_dim": 16,
-                                              "depths": [2, 2], "num_heads": [2, 2]}),
+    "swin": ("swin_convstem_tiny", {"embed_dim": 16, "num_heads": [2, 2]}),
 }
 
 

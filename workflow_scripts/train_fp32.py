@@ -7,7 +7,8 @@ def main(snakemake, log):
     p = snakemake.params
     train_fp32(data=snakemake.input.data, arch=p.identity["arch"], kwargs=p.identity["kwargs"], identity=p.identity,
                settings=TrainSettings(**p.settings), seed=int(snakemake.wildcards.seed), pretrained=p.pretrained,
-               checkpoint=snakemake.output.checkpoint, metrics=snakemake.output.metrics, log=log)
+               zero_init_head=p.zero_init_head, checkpoint=snakemake.output.checkpoint,
+               metrics=snakemake.output.metrics, log=log)
 
 
 run(snakemake, main)

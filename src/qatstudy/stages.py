@@ -24,8 +24,9 @@ from .train import evaluate, fit
 
 
 def build(arch: str, kwargs: dict, *, num_classes: int, in_chans: int, scheme: quant.QuantScheme | None = None,
-          pretrained: bool = False) -> nn.Module:
-    model = create_model(arch, num_classes=num_classes, in_chans=in_chans, kwargs=kwargs, pretrained=pretrained)
+          pretrained: bool = False, zero_init_head: bool = False) -> nn.Module:
+    model = create_model(arch, num_classes=num_classes, in_chans=in_chans, kwargs=kwargs, pretrained=pretrained,
+                         zero_init_head=zero_init_head)
     if scheme is not None:
         quant.quantize_model(model, scheme)
     return model
@@ -59,15 +60,17 @@ def _record(model: nn.Module, splits: Splits, identity: dict, **extra) -> dict:
 
 
 def train_fp32(*, data: str, arch: str, kwargs: dict, identity: dict, settings: TrainSettings, seed: int,
-               pretrained: bool, checkpoint: str, metrics: str, log=print) -> dict:
+               pretrained: bool, checkpoint: str, metrics: str, zero_init_head: bool = False, log=print) -> dict:
     splits = Splits(data)
     num_classes = int(splits.y["train"].max()) + 1
     torch.manual_seed(seed)
-    model = build(arch, kwargs, num_classes=num_classes, in_chans=splits.image_shape[0], pretrained=pretrained)
+    model = build(arch, kwargs, num_classes=num_classes, in_chans=splits.image_shape[0], pretrained=pretrained,
+                  zero_init_head=zero_init_head)
     log(f"{arch}: {count_parameters(model):,} parameters, training on {len(splits.y['train'])} images")
     result = fit(model, splits, settings, seed=seed, resume_path=Path(checkpoint).with_suffix(".resume"),
                  desc=f"{identity['model']} fp32", log=log,
-                 inputs={"data": md5sum(data), "arch": arch, "kwargs": kwargs, "pretrained": pretrained})
+                 inputs={"data": md5sum(data), "arch": arch, "kwargs": kwargs, "pretrained": pretrained,
+                         "zero_init_head": zero_init_head})
     record = _record(model, splits, {**identity, "method": "fp32", "w_bits": 32, "a_bits": 32, "seed": seed}, **result)
     save_checkpoint(checkpoint, model, arch=arch, kwargs=kwargs, num_classes=num_classes,
                     image_shape=splits.image_shape, scheme=None)
