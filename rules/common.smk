@@ -1,11 +1,12 @@
 # Names and parameter helpers shared by every stage. Config is already schema-validated.
 
 import math
+import os
 
 from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
-from qatstudy.workflow import canonical, merged_settings, model_identity, qat_objective
+from qatstudy.workflow import WORKFLOW_CORES_ENV, canonical, merged_settings, model_identity, qat_objective
 
 DATASET = config["dataset"]["name"]
 SPLITS = f"data/{DATASET}/splits.npz"
@@ -28,6 +29,7 @@ wildcard_constraints:
 
 
 CPUS = available_cpu_count()
+os.environ[WORKFLOW_CORES_ENV] = str(workflow.cores)  # jobs inherit it: workflow.job_threads
 
 
 def cpu_share(cpus):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from qatstudy.workflow import job_threads, merged_settings, model_identity
+from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads, merged_settings, model_identity
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -157,7 +157,8 @@ def test_missing_dataset_fails_with_sources_tried(tmp_path):
 ])
 def test_job_threads_never_oversubscribe(monkeypatch, threads, cores, cpus, expected):
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(cpus)))
-    job = SimpleNamespace(threads=threads, resources=SimpleNamespace(_cores=cores))
+    monkeypatch.setenv(WORKFLOW_CORES_ENV, str(cores))
+    job = SimpleNamespace(threads=threads, resources=SimpleNamespace(_cores=threads))  # what a job really sees
     assert job_threads(job) == expected
 
 

@@ -44,10 +44,17 @@ def model_identity(model: str, config: dict) -> dict:
     return canonical({"model": model, "family": spec["family"], "arch": spec["arch"], "kwargs": spec.get("kwargs", {})})
 
 
+WORKFLOW_CORES_ENV = "QATSTUDY_WORKFLOW_CORES"
+
+
 def job_threads(snakemake) -> int:
-    """Threads a job may use: its share of --cores, scaled to the CPUs this machine really has."""
+    """Threads a job may use: its share of --cores, scaled to the CPUs this machine really has.
+
+    A job only sees its own thread count (its `resources._cores` is that too), so the workflow's
+    --cores comes from the environment variable common.smk sets when the workflow loads.
+    """
     cpus = len(os.sched_getaffinity(0))
-    cores = getattr(snakemake.resources, "_cores", cpus)
+    cores = int(os.environ.get(WORKFLOW_CORES_ENV, cpus))
     return max(1, min(cpus, int(snakemake.threads * min(1.0, cpus / cores))))
 
 
@@ -63,7 +70,9 @@ def run(snakemake, main, *, uses_torch: bool = True) -> None:
             if uses_torch:
                 from .models import set_threads
 
-                set_threads(job_threads(snakemake))
+                threads = job_threads(snakemake)
+                set_threads(threads)
+                log(f"torch runs on {threads} thread(s)")
             main(snakemake, log)
         except Exception:
             traceback.print_exc()
