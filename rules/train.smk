@@ -10,6 +10,7 @@ rule train_fp32:
         pretrained=lambda w: config["models"][w.model]["pretrained"],
         zero_init_head=lambda w: config["models"][w.model]["zero_init_head"],
     threads: cpu_share(config["threads"]["train"])
+    priority: 10  # the longest jobs, and everything waits on them: start them first
     log:
         "logs/train_fp32/{model}_seed{seed}.log",
     benchmark:

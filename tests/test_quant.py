@@ -228,6 +228,23 @@ def test_export_forward_single_quantizer(bits, signed):
     assert torch.equal(qc(w), ref)
 
 
+def test_a_step_pushed_below_zero_quantizes_and_exports_as_its_magnitude():
+    """Adam can move a small 8-bit step through zero; the quantizer must keep meaning |step|."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(3, 40, generator=g)
+    positive = LSQQuantizer(8, signed=True, channel_axis=0, num_channels=3)
+    positive.init_step(torch.tensor([0.01, 0.02, 0.03]))
+    flipped = LSQQuantizer(8, signed=True, channel_axis=0, num_channels=3)
+    flipped.init_step(torch.tensor([0.01, 0.02, 0.03]))
+    with torch.no_grad():
+        flipped.step.mul_(torch.tensor([-1.0, 1.0, -1.0]))
+    ref = positive(w)
+    assert torch.equal(flipped(w), ref)
+    assert torch.equal(flipped.to_integer(w), positive.to_integer(w))
+    flipped.export_mode = True
+    assert torch.equal(flipped(w), ref)
+
+
 def test_export_mode_restored_after_exception():
     model = _calibrated_cnn(QuantScheme(4, 4))
     with pytest.raises(KeyError):

@@ -89,9 +89,16 @@ class LSQQuantizer(nn.Module):
         shape[self.channel_axis] = -1
         return step.reshape(shape)
 
+    @staticmethod
+    def _magnitude(step: torch.Tensor) -> torch.Tensor:
+        # Adam moves a parameter by about lr per update whatever its gradient, which at 8 bits can
+        # exceed a per-channel step and push it through zero; the step's magnitude is what quantizes
+        # (a negative scale would be invalid in ONNX QuantizeLinear)
+        return step.abs().clamp_min(1e-8)
+
     def step_like(self, x: torch.Tensor) -> torch.Tensor:
         """The (detached) step size broadcast against `x`."""
-        return self._broadcast(self.step.detach(), x)
+        return self._broadcast(self._magnitude(self.step.detach()), x)
 
     def to_integer(self, x: torch.Tensor) -> torch.Tensor:
         """The integer each value of `x` quantizes to (symmetric quantizers: weights)."""
@@ -107,7 +114,7 @@ class LSQQuantizer(nn.Module):
             return self._export_forward(x)
         per_step = x.numel() // self.step.numel()
         grad_factor = 1.0 / math.sqrt(per_step * self.qmax)
-        step = self._broadcast(scale_grad(self.step, grad_factor), x)
+        step = self._broadcast(self._magnitude(scale_grad(self.step, grad_factor)), x)
         if self.offset is None:
             return round_ste(torch.clamp(x / step, self.qmin, self.qmax)) * step
         offset = self._broadcast(scale_grad(self.offset, grad_factor), x)
@@ -119,7 +126,7 @@ class LSQQuantizer(nn.Module):
         Clamping to [qmin*step, qmax*step] before an int8/uint8 QuantizeLinear keeps the b-bit
         meaning inside the 8-bit container: the result equals the training-time forward pass.
         """
-        step = self.step.detach()
+        step = self._magnitude(self.step.detach())
         offset = None if self.offset is None else self._broadcast(self.offset.detach(), x)
         if offset is not None:
             x = x - offset  # the learned offset is real-valued: shift, quantize symmetrically, shift back
