@@ -3,7 +3,8 @@
 #   download -> split -> train_fp32 -> ptq / qat (per bit-width) -> export (ONNX Q/DQ)
 #            -> bench (onnxruntime CPU) -> aggregate (tables) -> figures
 #
-# Targets: all (tables and figures), bench (benchmark table), figures (charts only).
+# Targets: all (tables and figures), bench (benchmark table), figures (charts only),
+#          ablation (the QAT ablation table), analysis (module sensitivity and variation tables).
 
 from snakemake.utils import min_version, validate
 
@@ -22,12 +23,16 @@ include: "rules/train.smk"
 include: "rules/quantize.smk"
 include: "rules/export.smk"
 include: "rules/bench.smk"
+include: "rules/trt.smk"
 include: "rules/aggregate.smk"
+include: "rules/analysis.smk"
+include: "rules/ablation.smk"
 
 
 rule all:
     input:
         TABLES,
+        ANALYSIS_TABLES,
         FIGURES,
 
 
@@ -39,3 +44,14 @@ rule bench:
 rule figures:
     input:
         FIGURES,
+
+
+rule ablation:
+    input:
+        rules.ablation_table.output,
+
+
+rule analysis:
+    input:
+        ANALYSIS_TABLES,
+        SENSITIVITY_FIGURES,

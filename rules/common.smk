@@ -6,18 +6,21 @@ import os
 from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
-from qatstudy.workflow import WORKFLOW_CORES_ENV, canonical, merged_settings, model_identity, qat_objective
+from qatstudy.workflow import WORKFLOW_CORES_ENV, bit_tags, canonical, merged_settings, model_identity, qat_objective
 
 DATASET = config["dataset"]["name"]
 SPLITS = f"data/{DATASET}/splits.npz"
 MODELS = list(config["models"])
 SEEDS = config["seeds"]
-BIT_TAGS = [bits if isinstance(bits, str) else f"w{bits}a{bits}" for bits in config["bits"]]
+BIT_TAGS = bit_tags(config["bits"])
 RUN = "runs/{model}/seed{seed}"
 TABLES = ["results/tables/accuracy.csv", "results/tables/bench.csv", "results/tables/summary.md",
-          "results/tables/oscillation.csv"]
-FIGURE_NAMES = ["accuracy_by_bits", "accuracy_vs_latency"]
-FIGURES = expand("results/figures/{name}.{ext}", name=FIGURE_NAMES, ext=["png", "svg", "html"])
+          "results/tables/oscillation.csv", "results/tables/models.tex", "results/tables/top1_by_bits.tex",
+          "results/tables/deployment.tex"]
+FIGURE_NAMES = ["accuracy_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch"]
+FIGURE_EXTENSIONS = ["png", "svg", "html", "caption.md"]
+SENSITIVITY_FIGURES = expand("results/figures/sensitivity.{ext}", ext=FIGURE_EXTENSIONS)
+FIGURES = expand("results/figures/{name}.{ext}", name=FIGURE_NAMES, ext=FIGURE_EXTENSIONS) + SENSITIVITY_FIGURES
 DEPLOYED = ["fp32"] + [f"qat_{tag}" for tag in BIT_TAGS]  # the variants exported and benchmarked
 
 

@@ -1,5 +1,6 @@
-"""Result tables, the summary markdown, atomic writes and the charts, from hand-written run JSONs
-laid out as the workflow writes them (runs/<model>/seed<seed>/<variant>/{metrics,onnx,bench_cpu}.json)."""
+"""Result tables, the summary tables (Markdown and LaTeX) and atomic writes, from hand-written run JSONs
+laid out as the workflow writes them (runs/<model>/seed<seed>/<variant>/{metrics,onnx,bench_cpu}.json).
+The charts have their own tests (test_charts.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qatstudy import aggregate, charts
-from qatstudy.aggregate import accuracy_table, bench_table, summary_markdown, write_csv, write_text
+from qatstudy.aggregate import (accuracy_table, bench_table, latex_table, summary_markdown, summary_tables, write_csv,
+                                write_text)
 
 MODELS = {"resnet_t": ("cnn", "resnet10t", 1_234_567, 4_938_268), "vit_t": ("vit", "vit_convstem_tiny", 200_000, 800_000)}
 VARIANTS = {"fp32": ("fp32", 32, 32), "ptq_w4a4": ("ptq", 4, 4), "qat_w4a4": ("qat", 4, 4), "qat_w8a8": ("qat", 8, 8)}
@@ -189,22 +190,39 @@ def test_summary_markdown_two_seeds(tables):
     assert _cell(resnet, "ONNX file") == f"{onnx_bytes('resnet_t', 4) / 1e6:.3f} ± 0.000"
     assert _cell(resnet, "reduction") == f"{100 * (1 - packed('resnet_t', 4) / 4_938_268):.1f}" == "87.3"
     assert _cell(vit, "reduction") == f"{100 * (1 - packed('vit_t', 4) / 800_000):.1f}"
-    # the benchmark table: batch 1 and the largest batch for every deployed variant
+    # the benchmark table: a row per model, variant, backend and batch, mean ± std over the two seeds
     bench_rows = _table(text, "Model | Variant")
-    assert len(bench_rows) == len(b[b.batch.isin([1, 64])])
-    assert {r["Variant"] for r in bench_rows} == {"fp32", "qat w4a4", "qat w8a8"}
-    one = next(r for r in bench_rows if r["Model"] == "vit_t" and r["Variant"] == "qat w4a4" and r["Batch"] == "64")
-    assert _cell(one, "Latency p50") in {f"{latency('vit_t', 4, 64, s):.3f}" for s in (0, 1)}
+    assert len(bench_rows) == len(b) // 2
+    assert {r["Variant"] for r in bench_rows} == {"FP32", "QAT W4A4", "QAT W8A8"}
+    one = next(r for r in bench_rows if r["Model"] == "vit_t" and r["Variant"] == "QAT W4A4" and r["Batch"] == "64")
+    latencies = pd.Series([latency("vit_t", 4, 64, s) for s in (0, 1)])
+    assert _cell(one, "Latency p50") == f"{latencies.mean():.3f} ± {latencies.std():.3f}" == "64.050 ± 0.071"
+    assert _cell(one, "Throughput") == f"{(64_000 / (1.1 * latencies)).mean():.0f} ± {(64_000 / (1.1 * latencies)).std():.0f}"
+    assert _cell(one, "Model file") == f"{onnx_bytes('vit_t', 4) / 1e6:.3f} ± 0.000"
+    assert [(r["Model"], r["Variant"], r["Batch"]) for r in bench_rows][:3] == [
+        ("resnet_t", "FP32", "1"), ("resnet_t", "FP32", "64"), ("resnet_t", "QAT W8A8", "1")]
+    # the top-1 by bits table: PTQ and QAT rows per model, FP32 and every bit-width as columns
+    by_bits = _table(text, "Model | Family | Method")
+    assert [(r["Model"], r["Method"]) for r in by_bits] == [("resnet_t", "PTQ"), ("resnet_t", "QAT"),
+                                                            ("vit_t", "PTQ"), ("vit_t", "QAT")]
+    assert list(by_bits[0])[3:] == ["FP32", "W8A8", "W4A4"]
+    resnet_ptq, resnet_qat = by_bits[:2]
+    assert resnet_ptq["FP32"] == resnet_qat["FP32"] == "91.00 ± 1.41"
+    assert resnet_ptq["W4A4"] == "41.00 ± 1.41" and resnet_qat["W4A4"] == "89.00 ± 1.41"
+    assert resnet_ptq["W8A8"] == "–"  # no PTQ W8A8 run in these fixtures
 
 
 def test_summary_markdown_other_bits_and_one_seed(tmp_path):
     files = make_runs(tmp_path, seeds=(0,))
     acc, b = accuracy_table(files["metrics"], files["onnx"]), bench_table(files["bench"])
-    rows = _table(summary_markdown(acc, b, qat_bits=8), "Model")
+    text = summary_markdown(acc, b, qat_bits=8)
+    rows = _table(text, "Model")
     resnet = rows[0]
     assert _cell(resnet, "FP32 top-1") == "90.00"  # a single seed: no ± part
     assert _cell(resnet, "W8A8 QAT top-1", exclude=("ONNX",)) == "89.50"
     assert _cell(resnet, "packed size") == f"{packed('resnet_t', 8) / 1e6:.3f}"
+    assert _table(text, "Model | Family | Method")[0]["W4A4"] == "40.00"
+    assert _cell(_table(text, "Model | Variant")[0], "Latency p50") == f"{latency('resnet_t', 32, 1, 0):.3f}"
     no_bench = summary_markdown(acc, b.iloc[0:0], qat_bits=8)
     assert "Latency" not in no_bench and "| resnet_t |" in no_bench
 
@@ -259,93 +277,7 @@ def test_write_text_atomic(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. charts
-
-
-def _encodings(spec: dict) -> list[dict]:
-    """Every encoding block of a (possibly faceted, layered) Vega-Lite spec."""
-    found = []
-    if isinstance(spec, dict):
-        if isinstance(spec.get("encoding"), dict):
-            found.append(spec["encoding"])
-        for key in ("spec", "layer", "hconcat", "vconcat", "concat"):
-            if key in spec:
-                for sub in spec[key] if isinstance(spec[key], list) else [spec[key]]:
-                    found += _encodings(sub)
-    return found
-
-
-def _data(spec: dict) -> pd.DataFrame:
-    datasets = spec["datasets"]
-    assert len(datasets) == 1
-    return pd.DataFrame(next(iter(datasets.values())))
-
-
-def test_accuracy_by_bits_spec(tables):
-    acc, _ = tables
-    spec = charts.accuracy_by_bits(acc).to_dict()
-    assert spec["facet"]["column"]["field"] == "method"
-    encodings = _encodings(spec)
-    bars = [e for e in encodings if e.get("y", {}).get("aggregate") == "mean"]
-    assert bars, encodings
-    for e in bars:
-        assert e["x"]["field"] == "bits" and e["y"]["field"] == "top1" and e["xOffset"]["field"] == "label"
-        assert e["x"]["sort"][:3] == ["FP32", "8-bit", "4-bit"]
-    data = _data(spec)
-    assert set(data.method) == {"PTQ", "QAT"}
-    fp32_rows = (acc.method == "fp32").sum()
-    for method in ("PTQ", "QAT"):  # FP32 is the reference bar of both panels
-        assert (data[data.method == method].bits == "FP32").sum() == fp32_rows
-    assert len(data) == 2 * fp32_rows + (acc.method != "fp32").sum()
-    assert set(data.label) == {"resnet_t (CNN)", "vit_t (VIT)"}
-    ptq4 = data[(data.method == "PTQ") & (data.bits == "4-bit") & (data.model == "resnet_t")]
-    assert sorted(ptq4.top1) == [top1("resnet_t", "ptq_w4a4", s) for s in (0, 1)]
-
-
-def test_accuracy_vs_latency_spec(tables):
-    acc, b = tables
-    spec = charts.accuracy_vs_latency(acc, b, 64).to_dict()
-    (e,) = _encodings(spec)
-    assert e["x"]["field"] == "latency_ms_p50" and e["y"]["field"] == "deployed_top1"
-    assert e["size"]["field"] == "model_mb" and e["color"]["field"] == "family"
-    data = _data(spec)
-    assert len(data) == len(b[b.batch == 64]) and set(data.batch) == {64}
-    for r in data.itertuples():
-        variant = "fp32" if r.method == "fp32" else f"{r.method}_w{r.w_bits}a{r.a_bits}"
-        expected = top1(r.model, variant, r.seed) - (0.0 if (r.model, r.seed, variant) == NOT_EXPORTED else 0.5)
-        assert r.deployed_top1 == expected  # ONNX top-1, or the PyTorch one where there is none
-        assert r.model_mb == pytest.approx(onnx_bytes(r.model, r.w_bits) / 1e6)
-        assert r.latency_ms_p50 == latency(r.model, r.w_bits, 64, r.seed)
-
-
-def test_save_chart_png_svg_html(tables, tmp_path):
-    """One save_chart call (rendering is slow)."""
-    acc, b = tables
-    stem = tmp_path / "figures" / "bubble"
-    written = charts.save_chart(charts.accuracy_vs_latency(acc, b, 64), stem)
-    assert sorted(p.suffix for p in written) == [".html", ".png", ".svg"]
-    assert all(p.parent == stem.parent and p.stem == "bubble" for p in written)
-    png = stem.with_suffix(".png").read_bytes()
-    svg = stem.with_suffix(".svg").read_text()
-    html = stem.with_suffix(".html").read_text()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    assert "<svg" in svg
-    # the PNG is rendered at twice the SVG's size
-    png_width = int.from_bytes(png[16:20], "big")
-    svg_width = float(re.search(r'<svg[^>]*\swidth="([\d.]+)"', svg).group(1))
-    assert abs(png_width - 2 * svg_width) <= 2
-    # self-contained HTML: the spec and its data inline, no script fetched from elsewhere
-    assert "latency_ms_p50" in html and "deployed_top1" in html
-    assert not re.search(r"<script[^>]*\bsrc\s*=", html)
-    assert "vegaEmbed" in html or "vega-embed" in html
-    assert _leftovers(stem.parent) == []
-
-
-def test_bits_label():
-    assert charts.bits_label(32, 32) == "FP32"
-    assert charts.bits_label(4, 4) == "4-bit"
-    assert charts.bits_label(4, 8) == "W4A8"
-    assert aggregate.ACCURACY_COLUMNS[0] == "model"
+# 5. oscillation table
 
 
 def test_oscillation_table_has_a_row_per_qat_epoch_and_layer(tmp_path):
@@ -366,3 +298,50 @@ def test_oscillation_table_has_a_row_per_qat_epoch_and_layer(tmp_path):
     overall = table[table.layer == "(all)"]
     assert overall.oscillating_share.tolist() == pytest.approx([0.1, 0.2])
     assert table[(table.layer == "conv1") & (table.epoch == 2)].oscillating_share.item() == pytest.approx(0.4)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. LaTeX tables
+
+
+def _unescaped(line: str, char: str) -> int:
+    return len(re.findall(rf"(?<!\\){re.escape(char)}", line))
+
+
+def _braces_balanced(text: str) -> bool:
+    depth = 0
+    for token in re.findall(r"\\[{}]|[{}]", text):
+        if token in "{}":
+            depth += 1 if token == "{" else -1
+            if depth < 0:
+                return False
+    return depth == 0
+
+
+def test_latex_tables_well_formed(tables):
+    acc, b = tables
+    for name, table in summary_tables(acc, b, qat_bits=4).items():
+        tex = latex_table(table, label=name)
+        lines = tex.splitlines()
+        environments = re.findall(r"\\(begin|end)\{(\w+)\}", tex)
+        assert environments == [("begin", "table"), ("begin", "tabular"), ("end", "tabular"), ("end", "table")]
+        assert rf"\label{{tab:{name}}}" in tex and _braces_balanced(tex)
+        spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
+        assert len(spec) == len(table.columns)
+        body = lines[lines.index(r"\toprule") + 1:lines.index(r"\bottomrule")]
+        assert body[1] == r"\midrule" and len(body) == len(table.rows) + 2
+        for line in [body[0]] + body[2:]:
+            assert line.endswith(r" \\") and _unescaped(line, "&") == len(table.columns) - 1, line
+        for line in (line for line in lines if not line.startswith(r"\label")):  # a label may hold "_"
+            for char in "_%#":
+                assert _unescaped(line, char) == 0, line
+            assert line.count("$") % 2 == 0 and "±" not in line and "–" not in line, line
+
+
+def test_latex_table_cells(tables):
+    acc, b = tables
+    tex = latex_table(summary_tables(acc, b, qat_bits=4)["models"], label="models")
+    assert r"resnet\_t & cnn & 1,234,567 & 91.00 $\pm$ 1.41 & 89.00 $\pm$ 1.41 &" in tex
+    assert r"FP32 top-1 (\%)" in tex and r"\caption{Models: FP32 against W4A4 QAT. Top-1 on the full test split" in tex
+    empty = latex_table(summary_tables(acc, b.iloc[0:0], qat_bits=4)["deployment"], label="deployment")
+    assert r"\midrule" + "\n" + r"\bottomrule" in empty  # nothing benchmarked: the header alone

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "tests/configs/tiny.yaml"])
+@pytest.mark.parametrize("path", ["config.yaml", "tests/configs/tiny.yaml", "config/gpu.yaml"])
 def test_config_validates_and_gets_defaults(path):
     config = yaml.safe_load((REPO / path).read_text())
     validate(config, SCHEMA)

@@ -87,10 +87,24 @@ def test_tiny_study_tables(tiny_study):
 
 @needs_fashion_mnist
 def test_tiny_study_figures(tiny_study):
-    for name in ["accuracy_by_bits", "accuracy_vs_latency"]:
+    for name in ["accuracy_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch",
+                 "sensitivity"]:
         assert (tiny_study / f"results/figures/{name}.png").read_bytes().startswith(b"\x89PNG")
         assert "<svg" in (tiny_study / f"results/figures/{name}.svg").read_text()
         assert "vega" in (tiny_study / f"results/figures/{name}.html").read_text().lower()
+        assert ".csv" in (tiny_study / f"results/figures/{name}.caption.md").read_text()
+
+
+@needs_fashion_mnist
+def test_tiny_study_analysis_tables(tiny_study):
+    config = yaml.safe_load(TINY.read_text())
+    sensitivity = pd.read_csv(tiny_study / "results/tables/sensitivity.csv")
+    assert set(sensitivity.model) == set(config["models"])
+    assert set(sensitivity.w_bits) == set(config["analysis"]["sensitivity_bits"])
+    assert {"stem", "head", "qkv", "stage1"} <= set(sensitivity.group)
+    assert ((sensitivity.fp32_top1 - sensitivity.top1 - sensitivity["drop"]).abs() < 1e-6).all()
+    variation = pd.read_csv(tiny_study / "results/tables/variation.csv")
+    assert set(variation.kind) == {"weight", "activation"} and set(variation.model) == set(config["models"])
 
 
 @needs_fashion_mnist
@@ -186,4 +200,4 @@ def test_weight_activation_tags_become_their_own_jobs(tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--configfile", str(path), "--cores", "2", "all", "--dry-run")
     scheduled = scheduled_variants(result.stdout)
-    assert scheduled == {"fp32", "ptq_w8a8", "ptq_w4a8", "qat_w8a8", "qat_w4a8"}
+    assert scheduled == {"fp32", "ptq_w8a8", "ptq_w4a8", "qat_w8a8", "qat_w4a8", "analysis"}

@@ -1,5 +1,7 @@
-from qatstudy.aggregate import (accuracy_table, bench_table, oscillation_table, summary_markdown, write_csv,
-                                write_text)
+from pathlib import Path
+
+from qatstudy.aggregate import (accuracy_table, bench_table, latex_table, oscillation_table, summary_markdown,
+                                summary_tables, write_csv, write_text)
 from qatstudy.workflow import run
 
 
@@ -9,7 +11,12 @@ def main(snakemake, log):
     write_csv(accuracy, snakemake.output.accuracy)
     write_csv(bench, snakemake.output.bench)
     write_csv(oscillation_table(snakemake.input.metrics), snakemake.output.oscillation)
-    write_text(summary_markdown(accuracy, bench, snakemake.params.summary_bits), snakemake.output.summary)
+    summary_bits = snakemake.params.summary_bits
+    write_text(summary_markdown(accuracy, bench, summary_bits), snakemake.output.summary)
+    tables = summary_tables(accuracy, bench, summary_bits)
+    for path in snakemake.output.latex:  # results/tables/<table name>.tex
+        name = Path(path).stem
+        write_text(latex_table(tables[name], label=name), path)
     log(f"{len(accuracy)} accuracy rows, {len(bench)} benchmark rows")
 
 

@@ -2,19 +2,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from qatstudy.charts import accuracy_by_bits, accuracy_vs_latency, save_chart
+from qatstudy.aggregate import write_text
+from qatstudy.charts import caption_markdown, figure, save_chart
 from qatstudy.workflow import run
 
 
 def main(snakemake, log):
-    accuracy = pd.read_csv(snakemake.input.accuracy)
-    bench = pd.read_csv(snakemake.input.bench)
-    charts = {"accuracy_by_bits": accuracy_by_bits(accuracy),
-              "accuracy_vs_latency": accuracy_vs_latency(accuracy, bench, snakemake.params.bubble_batch)}
-    out_dir = Path(snakemake.output[0]).parent
-    for name in snakemake.params.names:
-        for path in save_chart(charts[name], out_dir / name):
+    tables = {name: pd.read_csv(path) for name, path in snakemake.input.items() if name != "captions"}
+    bubble_batch = snakemake.params.get("bubble_batch")
+    for name, caption in zip(snakemake.params.names, snakemake.input.captions):
+        stem = Path(snakemake.output.figures[0]).parent / name
+        for path in save_chart(figure(name, tables, bubble_batch), stem):
             log(f"wrote {path}")
+        write_text(caption_markdown(Path(caption).read_text()), f"{stem}.caption.md")
 
 
 run(snakemake, main, uses_torch=False)

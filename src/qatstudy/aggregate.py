@@ -1,7 +1,9 @@
-"""Tidy result tables from the per-run JSON files, and the classic per-model summary table."""
+"""Tidy result tables from the per-run JSON files, and the summary tables (per model, by bit-width, deployed
+benchmarks) rendered as Markdown and LaTeX."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +31,8 @@ def accuracy_table(metrics_files: list[str], onnx_files: list[str]) -> pd.DataFr
         rows.append({**{k: m.get(k) for k in ACCURACY_COLUMNS}, "top1": m["test_top1"],
                      "onnx_top1": d.get("onnx_top1"), "onnx_bytes": d.get("onnx_bytes")})
     frame = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    # nullable integers: a float column would be written in write_csv's 6 significant digits
+    frame["onnx_bytes"] = frame.onnx_bytes.astype("Int64")
     return frame.sort_values(["family", "model", "method", "w_bits", "seed"], ascending=[True, True, True, False, True],
                              ignore_index=True)
 
@@ -81,35 +85,134 @@ def _mean_std(values: pd.Series, fmt: str) -> str:
     return f"{values.mean():{fmt}}"
 
 
-def summary_markdown(accuracy: pd.DataFrame, bench: pd.DataFrame, qat_bits: int) -> str:
+def _number(value: float, fmt: str) -> str:
+    return "–" if pd.isna(value) else f"{value:{fmt}}"
+
+
+def bits_tag(w_bits: int, a_bits: int) -> str:
+    return "FP32" if w_bits >= 32 else f"W{w_bits}A{a_bits}"
+
+
+@dataclass
+class Table:
+    """A table ready to print: header cells, one alignment letter per column ("l" or "r"), body rows of
+    cell text, and a note that says how to read it (under the Markdown table, in the LaTeX caption)."""
+
+    title: str
+    columns: list[str]
+    align: str
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+
+def model_summary_table(accuracy: pd.DataFrame, qat_bits: int) -> Table:
     """The classic table: parameters, FP32 and QAT top-1, FP32 and quantized size, per model."""
-    lines = [f"| Model | Family | Parameters | FP32 top-1 (%) | W{qat_bits}A{qat_bits} QAT top-1 (%) | "
-             f"W{qat_bits}A{qat_bits} QAT ONNX top-1 (%) | FP32 size (MB) | W{qat_bits} packed size (MB) | "
-             f"W{qat_bits}A{qat_bits} ONNX file (MB) | Size reduction (%) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    tag = bits_tag(qat_bits, qat_bits)
+    table = Table(
+        title=f"Models: FP32 against {tag} QAT",
+        columns=["Model", "Family", "Parameters", "FP32 top-1 (%)", f"{tag} QAT top-1 (%)",
+                 f"{tag} QAT ONNX top-1 (%)", "FP32 size (MB)", f"W{qat_bits} packed size (MB)",
+                 f"{tag} ONNX file (MB)", "Size reduction (%)"],
+        align="llrrrrrrrr",
+        note="Top-1 on the full test split; mean ± std over seeds where there are several. Packed size: "
+             "weights at the quantized bit-width plus FP32 scales, biases and norms; the ONNX file stores "
+             "weights as int8 containers. Size reduction: packed size against FP32 size.")
     for (family, model), group in accuracy.groupby(["family", "model"], sort=True):
         fp32 = group[group.method == "fp32"]
         q = group[(group.method == "qat") & (group.w_bits == qat_bits)]
         fp32_mb = fp32.fp32_bytes.mean() / 1e6 if not fp32.empty else float("nan")
         packed_mb = q.packed_bytes.mean() / 1e6 if not q.empty else float("nan")
-        reduction = 100.0 * (1 - packed_mb / fp32_mb) if fp32_mb == fp32_mb and packed_mb == packed_mb else float("nan")
-        lines.append(f"| {model} | {family} | {int(group.params.iloc[0]):,} | {_mean_std(fp32.top1, '.2f')} | "
-                     f"{_mean_std(q.top1, '.2f')} | {_mean_std(q.onnx_top1.dropna(), '.2f')} | {fp32_mb:.3f} | "
-                     f"{packed_mb:.3f} | {_mean_std(q.onnx_bytes.dropna() / 1e6, '.3f')} | {reduction:.1f} |")
-    lines.append("")
-    lines.append("Top-1 on the full test split; mean ± std over seeds where there are several. Packed size: "
-                 "weights at the quantized bit-width plus FP32 scales, biases and norms; the ONNX file stores "
-                 "weights as int8 containers.")
-    if not bench.empty:
-        largest = bench.batch.max()
-        lines += ["", f"| Model | Variant | Backend | Batch | Latency p50 (ms) | Latency p99 (ms) | Throughput (img/s) |"
-                      f" Model file (MB) | Peak memory (MB) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-        for _, r in bench[bench.batch.isin([1, largest])].iterrows():
-            variant = "fp32" if r.method == "fp32" else f"{r.method} w{r.w_bits}a{r.a_bits}"
-            lines.append(f"| {r.model} | {variant} | {r.backend} | {r.batch} | {r.latency_ms_p50:.3f} | "
-                         f"{r.latency_ms_p99:.3f} | {r.throughput_ips:.0f} | {r.model_bytes / 1e6:.3f} | "
-                         f"{r.peak_mem_bytes / 1e6:.1f} |")
-    return "\n".join(lines) + "\n"
+        reduction = 100.0 * (1 - packed_mb / fp32_mb)  # NaN where either size is missing
+        table.rows.append([model, family, f"{int(group.params.iloc[0]):,}", _mean_std(fp32.top1, ".2f"),
+                           _mean_std(q.top1, ".2f"), _mean_std(q.onnx_top1.dropna(), ".2f"), _number(fp32_mb, ".3f"),
+                           _number(packed_mb, ".3f"), _mean_std(q.onnx_bytes.dropna() / 1e6, ".3f"),
+                           _number(reduction, ".1f")])
+    return table
+
+
+def top1_by_bits_table(accuracy: pd.DataFrame) -> Table:
+    """Test top-1 per model and method (PTQ, QAT), one column per weight/activation bit-width."""
+    pairs = sorted({(int(w), int(a)) for w, a in zip(accuracy.w_bits, accuracy.a_bits)}, reverse=True)
+    table = Table(title="Test top-1 (%) by weight/activation bits, PTQ and QAT",
+                  columns=["Model", "Family", "Method"] + [bits_tag(w, a) for w, a in pairs],
+                  align="lll" + "r" * len(pairs),
+                  note="Full test split, PyTorch; mean ± std over seeds where there are several. The FP32 "
+                       "column is the model both methods start from.")
+    fp32 = accuracy[accuracy.method == "fp32"]
+    quantized = accuracy[accuracy.method != "fp32"]
+    for (family, model, method), group in quantized.groupby(["family", "model", "method"], sort=True):
+        reference = fp32[fp32.model == model]
+        cells = [_mean_std((reference if w >= 32 else group[(group.w_bits == w) & (group.a_bits == a)]).top1, ".2f")
+                 for w, a in pairs]
+        table.rows.append([model, family, method.upper()] + cells)
+    return table
+
+
+def deployment_table(bench: pd.DataFrame) -> Table:
+    """Benchmark results per model, deployed variant, backend and batch size."""
+    table = Table(title="Deployed models: latency, throughput, size and memory",
+                  columns=["Model", "Variant", "Backend", "Batch", "Latency p50 (ms)", "Latency p99 (ms)",
+                           "Throughput (img/s)", "Model file (MB)", "Peak memory (MB)"],
+                  align="lllrrrrrr",
+                  note="Mean ± std over seeds where there are several. Peak memory: resident memory above the "
+                       "process's memory before the model was loaded.")
+    keys = ["family", "model", "method", "w_bits", "a_bits", "backend", "batch"]
+    ordered = bench.assign(neg_bits=-bench.w_bits).sort_values(["family", "model", "method", "neg_bits", "backend",
+                                                                "batch"])
+    for (_, model, method, w, a, backend, batch), group in ordered.groupby(keys, sort=False):
+        variant = bits_tag(w, a) if method == "fp32" else f"{method.upper()} {bits_tag(w, a)}"
+        table.rows.append([model, variant, backend, str(batch), _mean_std(group.latency_ms_p50, ".3f"),
+                           _mean_std(group.latency_ms_p99, ".3f"), _mean_std(group.throughput_ips, ".0f"),
+                           _mean_std(group.model_bytes / 1e6, ".3f"), _mean_std(group.peak_mem_bytes / 1e6, ".1f")])
+    return table
+
+
+def summary_tables(accuracy: pd.DataFrame, bench: pd.DataFrame, qat_bits: int) -> dict[str, Table]:
+    """The study's tables by file stem: results/tables/<stem>.tex, and together in summary.md."""
+    return {"models": model_summary_table(accuracy, qat_bits), "top1_by_bits": top1_by_bits_table(accuracy),
+            "deployment": deployment_table(bench)}
+
+
+def markdown_table(table: Table) -> str:
+    rule = ["---" if a == "l" else "---:" for a in table.align]
+    lines = [f"**{table.title}**", "", _markdown_row(table.columns), _markdown_row(rule)]
+    lines += [_markdown_row(row) for row in table.rows]
+    return "\n".join(lines + ["", table.note]) + "\n"
+
+
+def _markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+# LaTeX's special characters, and the non-ASCII ones the tables use, as LaTeX text
+_LATEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                        "±": r"$\pm$", "–": "--", "×": r"$\times$"})
+
+
+def latex_escape(text: str) -> str:
+    return text.translate(_LATEX)
+
+
+def latex_table(table: Table, label: str) -> str:
+    """A booktabs table float (needs \\usepackage{booktabs}), to \\input into a paper."""
+    def row(cells: list[str]) -> str:
+        return " & ".join(latex_escape(c) for c in cells) + r" \\"
+
+    return "\n".join([
+        r"\begin{table}[htbp]", r"\centering", r"\small",
+        rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.note)}}}", rf"\label{{tab:{label}}}",
+        rf"\begin{{tabular}}{{{table.align}}}", r"\toprule", row(table.columns), r"\midrule",
+        *[row(r) for r in table.rows],
+        r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def summary_markdown(accuracy: pd.DataFrame, bench: pd.DataFrame, qat_bits: int) -> str:
+    """Every summary table in Markdown; the deployment table only where something was benchmarked."""
+    tables = summary_tables(accuracy, bench, qat_bits)
+    if bench.empty:
+        del tables["deployment"]
+    return "\n".join(markdown_table(table) for table in tables.values())
 
 
 def write_text(text: str, dest: str | Path) -> None:

@@ -1,98 +1,344 @@
-"""The study's Altair charts, built from the tidy CSVs only, saved as PNG, SVG and HTML."""
+"""The study's figures as Altair charts, built from the tidy CSVs only, saved as PNG, SVG and HTML.
+
+Every chart takes the tidy tables (accuracy.csv, bench.csv, oscillation.csv, sensitivity.csv as data
+frames), averages over seeds in pandas, and plots those means, so the data inside a chart's spec is
+exactly what it shows. Families keep one hue in every figure: CNNs blue, ViTs red, each model a shade
+of its family's hue (`model_palette`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from .io import atomic_path
 
+FAMILY_NAMES = {"cnn": "CNN", "vit": "ViT"}
 FAMILY_COLORS = {"cnn": "#1f77b4", "vit": "#d62728"}
 # shades per family, so every model keeps its family's hue in every figure
 FAMILY_SHADES = {"cnn": ["#1f77b4", "#6baed6", "#08519c", "#9ecae1", "#3182bd"],
                  "vit": ["#d62728", "#fc9272", "#a50f15", "#fcbba1", "#ef3b2c"]}
+OTHER_COLOR = "#7f7f7f"
 FORMATS = ("png", "svg", "html")
+PRINT_PPI = 300  # PNG resolution; vl-convert lays charts out at 72 px per inch, so PNGs are 300/72 times larger
+MODEL_KEYS = ["family", "model"]
+RUN_KEYS = ["model", "family", "method", "w_bits", "a_bits", "seed"]
 
 
-def model_colors(frame: pd.DataFrame, label: str = "label") -> alt.Scale:
-    """A colour per model label, shaded within its family's hue."""
-    pairs = frame[["family", label]].drop_duplicates().sort_values(["family", label])
-    domain, colors = [], []
-    for family, group in pairs.groupby("family", sort=True):
-        shades = FAMILY_SHADES.get(family, ["#7f7f7f"])
-        for i, name in enumerate(group[label]):
-            domain.append(name)
-            colors.append(shades[i % len(shades)])
-    return alt.Scale(domain=domain, range=colors)
+def family_name(family: str) -> str:
+    return FAMILY_NAMES.get(family, family)
+
+
+def model_label(model: str, family: str) -> str:
+    return f"{model} ({family_name(family)})"
 
 
 def bits_label(w_bits: int, a_bits: int) -> str:
     return "FP32" if w_bits >= 32 else (f"{w_bits}-bit" if w_bits == a_bits else f"W{w_bits}A{a_bits}")
 
 
-def _bits_order(frame: pd.DataFrame) -> list[str]:
+def bits_order(frame: pd.DataFrame) -> list[str]:
+    """Bit-width labels from widest (FP32) to narrowest."""
     pairs = sorted({(int(w), int(a)) for w, a in zip(frame.w_bits, frame.a_bits)}, reverse=True)
     return [bits_label(w, a) for w, a in pairs]
 
 
-def accuracy_by_bits(accuracy: pd.DataFrame) -> alt.Chart:
-    """Top-1 per bit-width, PTQ and QAT side by side, each model a bar; FP32 shown with both."""
-    frame = accuracy.copy()
-    frame["bits"] = [bits_label(w, a) for w, a in zip(frame.w_bits, frame.a_bits)]
-    fp32 = frame[frame.method == "fp32"]
-    panels = [pd.concat([fp32.assign(method=m), frame[frame.method == m]]) for m in ("ptq", "qat")]
-    data = pd.concat(panels, ignore_index=True)
-    data["method"] = data.method.str.upper()
-    data["label"] = data.model + " (" + data.family.str.upper() + ")"
-    order = _bits_order(data)
-    colors = model_colors(data)
-    base = alt.Chart(data).encode(
-        x=alt.X("bits:N", sort=order, title="Bits (W = A)", axis=alt.Axis(labelAngle=0)),
-        xOffset=alt.XOffset("label:N", sort=colors.domain),
-        color=alt.Color("label:N", sort=colors.domain, title="Model (family)", scale=colors),
+def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with the display columns every chart uses: model label, family name, bit-width label."""
+    out = frame.copy()
+    out["label"] = [model_label(m, f) for m, f in zip(out.model, out.family)]
+    out["family_name"] = out.family.map(family_name)
+    if "w_bits" in out:
+        out["bits"] = [bits_label(w, a) for w, a in zip(out.w_bits, out.a_bits)]
+    return out
+
+
+def model_palette(frame: pd.DataFrame) -> alt.Scale:
+    """A colour per model label, shaded within its family's hue; build it once from accuracy.csv and pass it
+    to every chart so a model has the same colour in every figure."""
+    pairs = frame[MODEL_KEYS].drop_duplicates().sort_values(MODEL_KEYS)
+    domain, colors = [], []
+    for family, group in pairs.groupby("family", sort=True):
+        shades = FAMILY_SHADES.get(family, [OTHER_COLOR])
+        for i, model in enumerate(group.model):
+            domain.append(model_label(model, family))
+            colors.append(shades[i % len(shades)])
+    return alt.Scale(domain=domain, range=colors)
+
+
+def family_palette() -> alt.Scale:
+    return alt.Scale(domain=[family_name(f) for f in FAMILY_COLORS], range=list(FAMILY_COLORS.values()))
+
+
+def mean_std(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    """Per group of `keys`: `<value>` the mean over seeds, `<value>_std` the sample std (0 for one seed), and
+    `seeds`, how many rows were averaged."""
+    grouped = frame.groupby(keys, sort=False, dropna=False)
+    out = grouped[values].mean()
+    std = grouped[values].std(ddof=1).fillna(0.0).add_suffix("_std")
+    return out.join(std).join(grouped.size().rename("seeds")).reset_index()
+
+
+def pareto_front(cost: np.ndarray | pd.Series, value: np.ndarray | pd.Series) -> np.ndarray:
+    """Which points no other point dominates (lower or equal cost and higher or equal value, one strictly)."""
+    cost, value = np.asarray(cost, dtype=float), np.asarray(value, dtype=float)
+    no_worse = (cost[None, :] <= cost[:, None]) & (value[None, :] >= value[:, None])
+    better = (cost[None, :] < cost[:, None]) | (value[None, :] > value[:, None])
+    return ~(no_worse & better).any(axis=1)  # row i: is some point j at least as good and better somewhere
+
+
+def _grouped_bars(data: pd.DataFrame, field: str, y_title: str, palette: alt.Scale, tooltip: list,
+                  y_scale: alt.Scale = alt.Undefined) -> list[alt.Chart]:
+    """Layers of bars per bit-width, one per model side by side (CNNs then ViTs), the mean over seeds, with
+    ± std whiskers (zero length for one seed); the caller layers them over `data`."""
+    base = alt.Chart().encode(
+        x=alt.X("bits:N", sort=bits_order(data), title="Bit-width (weights and activations)",
+                axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("label:N", sort=palette.domain),
     )
     bars = base.mark_bar().encode(
-        y=alt.Y("mean(top1):Q", title="Test top-1 (%)", scale=alt.Scale(domain=[0, 100])),
-        tooltip=["label:N", "method:N", "bits:N", alt.Tooltip("mean(top1):Q", format=".2f"),
-                 alt.Tooltip("count(top1):Q", title="seeds")],
+        y=alt.Y(f"{field}:Q", title=y_title, scale=y_scale),
+        color=alt.Color("label:N", sort=palette.domain, title="Model (family)", scale=palette), tooltip=tooltip)
+    whiskers = base.mark_errorbar(ticks=True, color="black").transform_calculate(
+        low=f"datum.{field} - datum.{field}_std", high=f"datum.{field} + datum.{field}_std",
+    ).encode(y=alt.Y("low:Q", title=y_title), y2="high:Q")
+    return [bars, whiskers]
+
+
+def accuracy_by_bits(accuracy: pd.DataFrame, palette: alt.Scale | None = None) -> alt.FacetChart:
+    """Top-1 per bit-width, PTQ and QAT panels, each model a bar; FP32 is the first group of both panels."""
+    palette = model_palette(accuracy) if palette is None else palette
+    fp32 = accuracy[accuracy.method == "fp32"]
+    panels = [pd.concat([fp32.assign(method=m), accuracy[accuracy.method == m]]) for m in ("ptq", "qat")]
+    runs = labelled(pd.concat(panels, ignore_index=True).assign(method=lambda f: f.method.str.upper()))
+    data = mean_std(runs, ["method", "family", "model", "label", "w_bits", "a_bits", "bits"], ["top1"])
+    layers = _grouped_bars(
+        data, "top1", "Test top-1 (%)", palette,
+        ["label:N", "method:N", "bits:N", alt.Tooltip("top1:Q", format=".2f", title="top-1 mean"),
+         alt.Tooltip("top1_std:Q", format=".2f", title="top-1 std"), "seeds:Q"], alt.Scale(domain=[0, 100]))
+    return (alt.layer(*layers, data=data).properties(width=380, height=280)
+            .facet(column=alt.Column("method:N", title=None, sort=["PTQ", "QAT"],
+                                     header=alt.Header(labelFontSize=13, labelFontWeight="bold")))
+            .properties(title="Test top-1 by bit-width: CNNs and ViTs, post-training quantization vs QAT"))
+
+
+def deployed_points(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """Per backend and deployed variant at one batch size: mean deployed top-1 (ONNX, or PyTorch where the
+    model was not exported), latency, throughput, file size and peak memory, and whether the variant is on
+    its backend's accuracy/latency Pareto frontier."""
+    if not (bench.batch == batch).any():  # an empty figure would pass unnoticed
+        raise ValueError(f"bench.csv has no rows at batch {batch} (batches: {sorted(set(bench.batch))})")
+    runs = bench[bench.batch == batch].merge(accuracy[RUN_KEYS + ["top1", "onnx_top1"]], on=RUN_KEYS, how="inner")
+    runs = labelled(runs.assign(deployed_top1=runs.onnx_top1.fillna(runs.top1), model_mb=runs.model_bytes / 1e6,
+                                peak_mem_mb=runs.peak_mem_bytes.clip(lower=0) / 1e6))
+    points = mean_std(runs, ["backend", "family", "family_name", "model", "label", "method", "w_bits", "a_bits",
+                             "bits"],
+                      ["deployed_top1", "latency_ms_p50", "throughput_ips", "model_mb", "peak_mem_mb"])
+    points["pareto"] = False
+    for _, group in points.groupby("backend"):
+        points.loc[group.index, "pareto"] = pareto_front(group.latency_ms_p50, group.deployed_top1)
+    points["point_label"] = points.model + " " + points.bits
+    return points
+
+
+def accuracy_vs_latency(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int) -> alt.FacetChart:
+    """Bubble chart per backend: deployed top-1 against latency, bubble area = peak memory, colour = family,
+    shape = bit-width, and the Pareto frontier (no variant both faster and more accurate) as a line."""
+    data = deployed_points(accuracy, bench, batch)
+    base = alt.Chart().encode(
+        x=alt.X("latency_ms_p50:Q", title=f"Latency p50 per batch of {batch} (ms, log scale)",
+                scale=alt.Scale(type="log", nice=False, padding=20)),
+        y=alt.Y("deployed_top1:Q", title="Deployed (ONNX) test top-1 (%)", scale=alt.Scale(zero=False, padding=12)),
     )
-    errors = base.mark_errorbar(extent="stdev", color="black").encode(y=alt.Y("top1:Q", title="Test top-1 (%)"))
-    return (alt.layer(bars, errors, data=data).properties(width=300, height=280)
-            .facet(column=alt.Column("method:N", title=None, sort=["PTQ", "QAT"]))
-            .properties(title="Test top-1 by bit-width: ViTs and CNNs, PTQ vs QAT"))
+    frontier = base.transform_filter("datum.pareto").mark_line(color="#444444", strokeDash=[5, 3]).encode(
+        order="latency_ms_p50:Q")
+    bubbles = base.mark_point(filled=True, opacity=0.75, stroke="black", strokeWidth=0.5).encode(
+        size=alt.Size("peak_mem_mb:Q", title="Peak memory (MB)", scale=alt.Scale(zero=True, range=[0, 1200])),
+        color=alt.Color("family_name:N", title="Family", scale=family_palette()),
+        shape=alt.Shape("bits:N", title="Bit-width", sort=bits_order(data)),
+        tooltip=["model:N", "bits:N", "backend:N", alt.Tooltip("deployed_top1:Q", format=".2f"),
+                 alt.Tooltip("latency_ms_p50:Q", format=".3f"), alt.Tooltip("throughput_ips:Q", format=".0f"),
+                 alt.Tooltip("peak_mem_mb:Q", format=".1f"), alt.Tooltip("model_mb:Q", format=".3f"),
+                 "pareto:N", "seeds:Q"],
+    )
+    labels = base.transform_filter("datum.pareto").encode(text="point_label:N")
+    text = dict(align="left", dx=9, dy=-9, fontSize=10)
+    halo = labels.mark_text(stroke="white", strokeWidth=3, strokeOpacity=0.85, **text)  # legible over the line
+    return (alt.layer(frontier, bubbles, halo, labels.mark_text(**text), data=data).properties(width=520, height=360)
+            .facet(column=alt.Column("backend:N", title=None))
+            .properties(title="Deployed accuracy against latency; dashed: Pareto frontier (labelled)"))
 
 
-def accuracy_vs_latency(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int) -> alt.Chart:
-    """Bubble chart: deployed top-1 against latency; bubble area = model file size."""
-    keys = ["model", "family", "method", "w_bits", "a_bits", "seed"]
-    b = bench[bench.batch == batch]
-    data = b.merge(accuracy[keys + ["top1", "onnx_top1"]], on=keys, how="inner")
-    data["bits"] = [bits_label(w, a) for w, a in zip(data.w_bits, data.a_bits)]
-    data["deployed_top1"] = data.onnx_top1.fillna(data.top1)
-    data["model_mb"] = data.model_bytes / 1e6
-    return alt.Chart(data).mark_point(filled=True, opacity=0.7, stroke="black", strokeWidth=0.5).encode(
-        x=alt.X("mean(latency_ms_p50):Q", title=f"Latency p50 at batch {batch} (ms, {b.backend.iloc[0] if len(b) else ''})",
-                scale=alt.Scale(type="log")),
-        y=alt.Y("mean(deployed_top1):Q", title="Deployed (ONNX) test top-1 (%)", scale=alt.Scale(zero=False)),
-        size=alt.Size("mean(model_mb):Q", title="Model file (MB)", scale=alt.Scale(range=[40, 1600])),
-        color=alt.Color("family:N", title="Family", scale=alt.Scale(domain=list(FAMILY_COLORS),
-                                                                    range=list(FAMILY_COLORS.values()))),
-        shape=alt.Shape("bits:N", title="Bits", sort=_bits_order(data)),
-        detail="model:N",
-        tooltip=["model:N", "bits:N", alt.Tooltip("mean(deployed_top1):Q", format=".2f"),
-                 alt.Tooltip("mean(latency_ms_p50):Q", format=".3f"), alt.Tooltip("mean(model_mb):Q", format=".3f")],
-    ).properties(width=520, height=360, title="Accuracy against latency (bubble area = model size)")
+def size_reduction(accuracy: pd.DataFrame, palette: alt.Scale | None = None) -> alt.FacetChart:
+    """Size reduction factor (FP32 bytes / quantized bytes) per model and weight bit-width, for the packed
+    b-bit weights and for the ONNX file, against the ideal 32/b."""
+    palette = model_palette(accuracy) if palette is None else palette
+    quantized = labelled(accuracy[accuracy.method == "qat"])
+    quantized["bits"] = [f"{w}-bit" for w in quantized.w_bits]  # sizes depend on the weight bits only
+    storages = {"packed_bytes": "Packed b-bit weights", "onnx_bytes": "ONNX file (int8 containers)"}
+    long = quantized.melt(id_vars=["label", "w_bits", "bits", "fp32_bytes"], value_vars=list(storages),
+                          var_name="storage", value_name="bytes").dropna(subset=["bytes"])
+    long["reduction"] = long.fp32_bytes / long.bytes
+    long["storage"] = long.storage.map(storages)
+    measured = mean_std(long, ["storage", "label", "w_bits", "bits"], ["reduction"])
+    ideal = measured[["storage", "w_bits", "bits"]].drop_duplicates().assign(label="Ideal 32/b", seeds=0)
+    ideal["reduction"] = 32.0 / ideal.w_bits
+    data = pd.concat([measured.assign(line="measured"), ideal.assign(line="ideal", reduction_std=0.0)],
+                     ignore_index=True)
+    colors = alt.Scale(domain=palette.domain + ["Ideal 32/b"], range=palette.range + ["black"])
+    lines = alt.Chart().mark_line(point=True).encode(
+        x=alt.X("bits:N", sort=list(dict.fromkeys(data.sort_values("w_bits", ascending=False).bits)),
+                title="Weight bit-width", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("reduction:Q", title="Size reduction vs FP32 (×)", scale=alt.Scale(zero=True)),
+        color=alt.Color("label:N", sort=colors.domain, title="Model (family)", scale=colors),
+        strokeDash=alt.StrokeDash("line:N", scale=alt.Scale(domain=["measured", "ideal"], range=[[1, 0], [6, 4]]),
+                                  legend=None),
+        tooltip=["storage:N", "label:N", "bits:N", alt.Tooltip("reduction:Q", format=".2f")],
+    )
+    return (lines.properties(data=data, width=300, height=260)
+            .facet(column=alt.Column("storage:N", title=None, sort=list(storages.values()),
+                                     header=alt.Header(labelFontSize=12, labelFontWeight="bold")))
+            .properties(title="Model size reduction by weight bit-width against the 32/b ideal (QAT models)"))
 
 
-def save_chart(chart: alt.Chart, stem: str | Path) -> list[Path]:
-    """Write <stem>.png (2x scale), .svg and self-contained .html, each atomically."""
+def oscillation_by_epoch(oscillation: pd.DataFrame, palette: alt.Scale | None = None) -> alt.FacetChart:
+    """Share of oscillating weights (whole model, layer "(all)") per QAT epoch, a panel per bit-width; the
+    share frozen is drawn dashed where oscillation freezing froze anything."""
+    overall = labelled(oscillation[oscillation.layer == "(all)"])
+    palette = model_palette(overall) if palette is None else palette
+    measures = {"oscillating_share": "oscillating"}
+    if overall.frozen_share.gt(0).any():
+        measures["frozen_share"] = "frozen"
+    long = overall.melt(id_vars=["label", "family", "model", "w_bits", "a_bits", "bits", "epoch", "seed"],
+                        value_vars=list(measures), var_name="measure", value_name="share")
+    long["share_pct"] = 100.0 * long.share
+    long["measure"] = long.measure.map(measures)
+    data = mean_std(long, ["measure", "label", "w_bits", "a_bits", "bits", "epoch"], ["share_pct"])
+    lines = alt.Chart().mark_line(point=True).encode(
+        x=alt.X("epoch:O", title="QAT epoch", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("share_pct:Q", title="Weights oscillating (%)"),
+        color=alt.Color("label:N", sort=palette.domain, title="Model (family)", scale=palette),
+        strokeDash=alt.StrokeDash("measure:N", title="Share", sort=list(measures.values()),
+                                  legend=None if len(measures) == 1 else alt.Legend()),
+        tooltip=["label:N", "bits:N", "epoch:O", "measure:N", alt.Tooltip("share_pct:Q", format=".3f"),
+                 alt.Tooltip("share_pct_std:Q", format=".3f"), "seeds:Q"],
+    )
+    return (lines.properties(data=data, width=150, height=220)
+            .facet(column=alt.Column("bits:N", title=None, sort=bits_order(data)))
+            .properties(title="Weight oscillation during QAT (whole model), CNNs vs ViTs"))
+
+
+WHOLE_MODEL_GROUP = "all"  # the analysis stage's row with every group quantized at once
+
+
+def merged_order(sequences: list[list[str]]) -> list[str]:
+    """One order of all items that keeps every sequence's order where they agree (a topological sort of
+    "comes before" in some sequence), ties and conflicts broken by first appearance."""
+    first_seen = list(dict.fromkeys(item for seq in sequences for item in seq))
+    before = {item: set() for item in first_seen}
+    for seq in sequences:
+        for i, item in enumerate(seq):
+            before[item].update(seq[:i])
+    order: list[str] = []
+    while len(order) < len(first_seen):
+        left = [item for item in first_seen if item not in order]
+        ready = [item for item in left if before[item] <= set(order)]
+        order.append((ready or left)[0])  # with no item ready the sequences conflict: take the earliest
+    return order
+
+
+def sensitivity_heatmap(sensitivity: pd.DataFrame) -> alt.FacetChart:
+    """Top-1 drop from FP32 (points) with one module group quantized alone (PTQ) and the rest FP32: rows =
+    group in data-flow order (each model's order, as the CSV lists its rows), with the whole-model row
+    last; columns = model (CNNs then ViTs); a panel per bit-width."""
+    runs = labelled(sensitivity)
+    data = mean_std(runs, ["family", "model", "label", "group", "w_bits", "a_bits", "bits"], ["drop"])
+    data = data.sort_values(MODEL_KEYS)
+    groups = merged_order([list(dict.fromkeys(g.group)) for _, g in sensitivity.groupby(["model", "w_bits"])])
+    groups = [g for g in groups if g != WHOLE_MODEL_GROUP] + [g for g in groups if g == WHOLE_MODEL_GROUP]
+    # the colour scale spans the single groups; the whole-model drop, far larger at low bits, saturates
+    single = data[data.group != WHOLE_MODEL_GROUP]["drop"]
+    high = max(float(single.max()) if len(single) else float(data["drop"].max()), 1e-9)
+    low = min(float(data["drop"].min()), 0.0)
+    base = alt.Chart().encode(
+        x=alt.X("label:N", sort=list(dict.fromkeys(data.label)), title=None, axis=alt.Axis(labelAngle=-30)),
+        y=alt.Y("group:N", sort=groups, title="Module group quantized alone",
+                axis=alt.Axis(labelExpr=f"datum.value == '{WHOLE_MODEL_GROUP}' ? 'all (whole model)' : datum.value")),
+    )
+    cells = base.mark_rect(stroke="white").encode(
+        color=alt.Color("drop:Q", title="Top-1 drop (points)",
+                        scale=alt.Scale(scheme="redblue", reverse=True, domain=[low, high], domainMid=0, clamp=True)),
+        tooltip=["label:N", "group:N", "bits:N", alt.Tooltip("drop:Q", format=".2f"),
+                 alt.Tooltip("drop_std:Q", format=".2f"), "seeds:Q"],
+    )
+    # dark cells get white numbers
+    values = base.mark_text(fontSize=10).encode(
+        text=alt.Text("drop:Q", format=".1f"),
+        color=alt.when(f"abs(datum.drop) > {0.6 * high}").then(alt.value("white")).otherwise(alt.value("black")))
+    return (alt.layer(cells, values, data=data).properties(width=alt.Step(56), height=alt.Step(24))
+            .facet(column=alt.Column("bits:N", title=None, sort=bits_order(data)))
+            .properties(title="Per-module sensitivity: top-1 drop from FP32, one module group quantized at a time"))
+
+
+def onnx_vs_pytorch(accuracy: pd.DataFrame, palette: alt.Scale | None = None) -> alt.LayerChart:
+    """What export costs: deployed (onnxruntime) minus PyTorch test top-1 per exported model and bit-width."""
+    palette = model_palette(accuracy) if palette is None else palette
+    exported = labelled(accuracy[accuracy.onnx_top1.notna()])
+    exported["export_delta"] = exported.onnx_top1 - exported.top1
+    data = mean_std(exported, ["family", "model", "label", "w_bits", "a_bits", "bits"],
+                    ["export_delta", "top1", "onnx_top1"])
+    layers = _grouped_bars(
+        data, "export_delta", "ONNX minus PyTorch top-1 (points)", palette,
+        ["label:N", "bits:N", alt.Tooltip("top1:Q", format=".2f", title="PyTorch top-1"),
+         alt.Tooltip("onnx_top1:Q", format=".2f", title="ONNX top-1"),
+         alt.Tooltip("export_delta:Q", format="+.2f", title="difference"), "seeds:Q"])
+    zero = alt.Chart().mark_rule(color="black").encode(y=alt.datum(0))
+    return (alt.layer(*layers, zero, data=data).properties(width=480, height=260)
+            .properties(title="What export costs: deployed (ONNX) minus PyTorch test top-1 (FP32 and QAT models)"))
+
+
+# every figure of the study, and the tidy tables (results/tables/<name>.csv) it is drawn from
+FIGURE_TABLES = {
+    "accuracy_by_bits": ("accuracy",),
+    "accuracy_vs_latency": ("accuracy", "bench"),
+    "size_reduction": ("accuracy",),
+    "oscillation": ("oscillation", "accuracy"),
+    "onnx_vs_pytorch": ("accuracy",),
+    "sensitivity": ("sensitivity",),
+}
+
+
+def figure(name: str, tables: dict[str, pd.DataFrame], bubble_batch: int) -> alt.TopLevelMixin:
+    """The study's figure `name` from the tidy tables (by CSV stem) that FIGURE_TABLES lists for it; models
+    take their colours from accuracy.csv where a figure is given it, so they match across figures."""
+    palette = model_palette(tables["accuracy"]) if "accuracy" in tables else None
+    builders = {
+        "accuracy_by_bits": lambda: accuracy_by_bits(tables["accuracy"], palette),
+        "accuracy_vs_latency": lambda: accuracy_vs_latency(tables["accuracy"], tables["bench"], bubble_batch),
+        "size_reduction": lambda: size_reduction(tables["accuracy"], palette),
+        "oscillation": lambda: oscillation_by_epoch(tables["oscillation"], palette),
+        "onnx_vs_pytorch": lambda: onnx_vs_pytorch(tables["accuracy"], palette),
+        "sensitivity": lambda: sensitivity_heatmap(tables["sensitivity"]),
+    }
+    return builders[name]()
+
+
+def caption_markdown(rst: str) -> str:
+    """A figure's caption (report/figures/<name>.rst) as Markdown: captions are plain paragraphs whose only
+    markup is ``literal``, which Markdown writes `literal`."""
+    return rst.replace("``", "`")
+
+
+def save_chart(chart: alt.TopLevelMixin, stem: str | Path) -> list[Path]:
+    """Write <stem>.png (at PRINT_PPI), .svg and self-contained .html, each atomically."""
+    options = {"png": {"ppi": PRINT_PPI}, "svg": {}, "html": {"inline": True}}
     written = []
     for fmt in FORMATS:
         dest = Path(f"{stem}.{fmt}")
         with atomic_path(dest) as tmp:
-            kwargs = {"scale_factor": 2.0} if fmt == "png" else ({"inline": True} if fmt == "html" else {})
-            chart.save(str(tmp), format=fmt, **kwargs)
+            chart.save(str(tmp), format=fmt, **options[fmt])
         written.append(dest)
     return written

@@ -7,9 +7,14 @@ import os
 import sys
 import traceback
 
+import jsonschema
+
 from .settings import TrainSettings
 
 _SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
+# The config sections an ablation arm may override: everything that shapes a QAT run except its
+# training settings, which stay the study's so that arms differ only in what they ablate.
+ARM_SECTIONS = ("distillation", "regularizer", "quant", "oscillation")
 
 
 def canonical(value):
@@ -37,6 +42,50 @@ def qat_objective(config: dict) -> dict:
     return canonical({"distill_weight": distill["weight"], "distill_temperature": distill["temperature"],
             "crops": distill["crops"], "regularizer_weight": reg["weight"], "oscillation_momentum": osc["momentum"],
             "oscillation_threshold": osc["threshold"], "freeze_threshold": osc["freeze_threshold"]})
+
+
+def bit_tags(bits: list) -> list[str]:
+    """Config bit-widths as tags: an integer b is `wbab`, a tag such as `w4a8` stays as it is."""
+    return [b if isinstance(b, str) else f"w{b}a{b}" for b in bits]
+
+
+def ablation_arms(config: dict, schema: dict) -> dict[str, dict]:
+    """Each ablation arm's config: the study config with the arm's section overrides applied.
+
+    An arm lists its complete overrides (arms are independent; a cumulative arm repeats the
+    earlier arms' overrides). Keys are checked against the schema's sections, and each arm's
+    merged config is validated against the whole schema, so a typo or a bad value names the arm.
+    """
+    validator = jsonschema.Draft202012Validator(schema)
+    arms = {}
+    for arm, overrides in config["ablation"]["arms"].items():
+        arm_config = dict(config)
+        for section, values in overrides.items():
+            where = f"ablation.arms.{arm}.{section}"
+            if section not in ARM_SECTIONS:
+                raise ValueError(f"{where}: unknown key; an arm overrides {', '.join(ARM_SECTIONS)}")
+            known = schema["properties"][section]["properties"]
+            for key in values:
+                if key not in known:
+                    raise ValueError(f"{where}.{key}: unknown key; {section} has {', '.join(known)}")
+            arm_config[section] = {**config[section], **values}
+        error = jsonschema.exceptions.best_match(validator.iter_errors(arm_config))
+        if error is not None:
+            path = ".".join(str(p) for p in error.absolute_path)
+            raise ValueError(f"ablation.arms.{arm}: {path}: {error.message}")
+        arms[arm] = arm_config
+    return arms
+
+
+def ablation_models(config: dict) -> list[str]:
+    """The models the ablation runs: `ablation.models`, or every model when it is null."""
+    models = config["ablation"]["models"]
+    if models is None:
+        return list(config["models"])
+    unknown = [m for m in models if m not in config["models"]]
+    if unknown:
+        raise ValueError(f"ablation.models: {', '.join(unknown)} not in models ({', '.join(config['models'])})")
+    return list(models)
 
 
 def model_identity(model: str, config: dict) -> dict:

@@ -1,6 +1,6 @@
 """Quantization: LSQ quantizers, layer wrapping, calibration (one small module family)."""
 
-from .attention import QuantViTAttention, QuantWindowAttention, quantize_attention
+from .attention import QuantViTAttention, QuantWindowAttention, attention_modules, quantize_attention
 from .calibrate import CALIBRATION_METHODS, calibrate, init_asymmetric_range, init_quantizer, init_step_size
 from .modules import (
     QuantConv2d,
@@ -9,6 +9,7 @@ from .modules import (
     export_mode,
     model_size_bytes,
     quant_modules,
+    quantizable_layers,
     quantize_model,
     quantizers,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "QuantScheme",
     "QuantViTAttention",
     "QuantWindowAttention",
+    "attention_modules",
     "calibrate",
     "export_mode",
     "init_asymmetric_range",
@@ -30,6 +32,7 @@ __all__ = [
     "integer_range",
     "model_size_bytes",
     "quant_modules",
+    "quantizable_layers",
     "quantize_attention",
     "quantize_model",
     "quantizers",

@@ -8,6 +8,8 @@ attention-times-V matmul. Softmax itself, norms and GELU stay in float.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
 from timm.models.swin_transformer import WindowAttention
@@ -71,14 +73,20 @@ class QuantWindowAttention(QuantAttentionMixin, WindowAttention):
 _QUANT_ATTENTION = {Attention: QuantViTAttention, WindowAttention: QuantWindowAttention}
 
 
-def quantize_attention(model: nn.Module, bits: int) -> int:
-    """Swap every timm Attention / WindowAttention of `model` in place; returns how many."""
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The timm Attention / WindowAttention modules of `model` (by name) that quantize_attention swaps."""
+    return [(name, m) for name, m in model.named_modules() if type(m) in _QUANT_ATTENTION]
+
+
+def quantize_attention(model: nn.Module, bits: int, names: Collection[str] | None = None) -> int:
+    """Swap every timm Attention / WindowAttention of `model` in place, or only those named in
+    `names`; returns how many."""
     count = 0
-    for module in model.modules():
-        quant_class = _QUANT_ATTENTION.get(type(module))
-        if quant_class is not None:
-            module.__class__ = quant_class
-            module._setup_attention_quantizers(bits)
-            module.to(module.qkv.weight.device)
-            count += 1
+    for name, module in attention_modules(model):
+        if names is not None and name not in names:
+            continue
+        module.__class__ = _QUANT_ATTENTION[type(module)]
+        module._setup_attention_quantizers(bits)
+        module.to(module.qkv.weight.device)
+        count += 1
     return count

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -92,23 +92,37 @@ class QuantLinear(QuantMixin, nn.Linear):
 _QUANT_CLASS = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
 
 
-def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
+def quantize_model(model: nn.Module, scheme: QuantScheme, names: Collection[str] | None = None) -> nn.Module:
     """Wrap every Conv2d and Linear of `model` (in place) with LSQ fake quantization.
 
     The first and last layers in module order are the stem (or patch embedding) and the
-    classifier head in every timm model; `scheme.first_last_bits` applies to them.
+    classifier head in every timm model; `scheme.first_last_bits` applies to them. `names`, when
+    given, wraps only the layers (and, with `scheme.quantize_attention`, the attention modules)
+    of those module names; the rest stay float.
     """
-    layers = [m for m in model.modules() if type(m) in _QUANT_CLASS]
+    layers = quantizable_layers(model)
     if not layers:
         raise ValueError("model has no Conv2d or Linear layer to quantize")
+    if names is not None:
+        names = set(names)
+        unknown = names - {name for name, _ in model.named_modules()}
+        if unknown:
+            raise ValueError(f"model has no module named {sorted(unknown)}")
     if scheme.quantize_attention:
-        quantize_attention(model, scheme.attention_bits or scheme.a_bits)
-    for i, module in enumerate(layers):
+        quantize_attention(model, scheme.attention_bits or scheme.a_bits, names)
+    for i, (name, module) in enumerate(layers):
+        if names is not None and name not in names:
+            continue
         module.__class__ = _QUANT_CLASS[type(module)]
         module._setup_quantizers(scheme.for_layer(i in (0, len(layers) - 1)))
         # new quantizer parameters must live where the layer lives
         module.to(module.weight.device)
     return model
+
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The float Conv2d and Linear layers (by name, in module order) that quantize_model wraps."""
+    return [(name, m) for name, m in model.named_modules() if type(m) in _QUANT_CLASS]
 
 
 def quant_modules(model: nn.Module) -> Iterator[tuple[str, QuantMixin]]:

@@ -1,0 +1,50 @@
+# The QAT ablation: per arm (baseline, +KD, +regularizer, +module-dependent, ...), model, seed and
+# bit-width, the qat rule's job with the arm's distillation / regularizer / quant / oscillation
+# overrides, then one table. Params are per arm, so editing one arm reruns only that arm's jobs.
+
+import re
+from pathlib import Path
+
+import yaml
+
+from qatstudy.workflow import ablation_arms, ablation_models
+
+ARMS = ablation_arms(config, yaml.safe_load(Path(workflow.basedir, "schemas", "config.schema.yaml").read_text()))
+ABLATION_MODELS = ablation_models(config)
+ABLATION_TAGS = bit_tags(config["ablation"]["bits"])
+ABLATION_RUN = f"{RUN}/ablation/{{arm}}_{{tag}}"
+
+
+wildcard_constraints:
+    arm="|".join(re.escape(arm) for arm in ARMS),
+
+
+use rule qat as ablation_qat with:
+    output:
+        checkpoint=f"{ABLATION_RUN}/model.pt",
+        metrics=f"{ABLATION_RUN}/metrics.json",
+    params:
+        identity=lambda w: canonical({**identity(w), "arm": w.arm}),
+        objective=lambda w: qat_objective(ARMS[w.arm]),
+        quant=lambda w: canonical(ARMS[w.arm]["quant"]),
+    log:
+        "logs/ablation/{model}_seed{seed}_{arm}_{tag}.log",
+    benchmark:
+        "benchmarks/ablation/{model}_seed{seed}_{arm}_{tag}.tsv"
+
+
+rule ablation_table:
+    input:
+        arms=expand(f"{ABLATION_RUN}/metrics.json", model=ABLATION_MODELS, seed=SEEDS, arm=ARMS, tag=ABLATION_TAGS),
+        fp32=expand(f"{RUN}/fp32/metrics.json", model=ABLATION_MODELS, seed=SEEDS),
+    output:
+        csv="results/tables/ablation.csv",
+        md="results/tables/ablation.md",
+        tex="results/tables/ablation.tex",
+    params:
+        arms=list(ARMS),
+        models=ABLATION_MODELS,
+    log:
+        "logs/ablation_table.log",
+    script:
+        "../workflow_scripts/ablation_table.py"

@@ -1,0 +1,76 @@
+"""The QAT ablation table: one tidy row per arm run, and the paper-style table of arms (rows) by
+bit-width x model (columns), as in the ablation of Huang et al., "Variation-aware Vision
+Transformer Quantization" (2023)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .aggregate import _mean_std
+from .io import read_json
+
+ABLATION_COLUMNS = ["model", "family", "arm", "w_bits", "a_bits", "seed", "top1", "fp32_top1", "oscillating_share"]
+
+
+def ablation_frame(arm_files: list[str], fp32_files: list[str], arms: list[str]) -> pd.DataFrame:
+    """One row per arm x model x bits x seed: test top-1, the FP32 model's, and the share of
+    weights oscillating at the last QAT epoch. Rows follow the config's arm order."""
+    fp32_top1 = {(m["model"], m["seed"]): m["test_top1"] for m in map(read_json, fp32_files)}
+    rows = []
+    for f in arm_files:
+        m = read_json(f)
+        last_epoch = m["history"][-1] if m.get("history") else {}
+        rows.append({**{k: m[k] for k in ("model", "family", "arm", "w_bits", "a_bits", "seed")},
+                     "top1": m["test_top1"], "fp32_top1": fp32_top1[(m["model"], m["seed"])],
+                     "oscillating_share": last_epoch.get("oscillating_share")})
+    frame = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+    order = {arm: i for i, arm in enumerate(arms)}
+    frame = frame.sort_values(["arm", "family", "model", "w_bits", "a_bits", "seed"],
+                              key=lambda col: col.map(order) if col.name == "arm" else col,
+                              ascending=[True, True, True, False, False, True], ignore_index=True)
+    return frame
+
+
+def _grid(frame: pd.DataFrame, arms: list[str], models: list[str]) -> tuple[list[tuple], list[list[str]]]:
+    """Columns (w_bits, a_bits, model), widest bits first, and the cell texts of the FP32 row and
+    of each arm: top-1 mean (± std over seeds)."""
+    bits = sorted({(int(w), int(a)) for w, a in zip(frame.w_bits, frame.a_bits)}, reverse=True)
+    columns = [(w, a, model) for w, a in bits for model in models]
+    fp32 = ["FP32"] + [_mean_std(frame[frame.model == model].drop_duplicates(["model", "seed"]).fp32_top1, ".2f")
+                       for _, _, model in columns]
+    rows = [fp32]
+    for arm in arms:
+        cells = [_mean_std(frame[(frame.arm == arm) & (frame.w_bits == w) & (frame.a_bits == a)
+                                 & (frame.model == model)].top1, ".2f") for w, a, model in columns]
+        rows.append([arm] + cells)
+    return columns, rows
+
+
+def ablation_markdown(frame: pd.DataFrame, arms: list[str], models: list[str]) -> str:
+    columns, rows = _grid(frame, arms, models)
+    lines = ["| Arm | " + " | ".join(f"W{w}A{a} {model}" for w, a, model in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "Top-1 (%) on the test split; mean ± std over seeds where there are several. Each arm is a QAT "
+                  "run from the same FP32 model with the overrides given in the config's `ablation.arms`."]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for char in "\\&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text.replace("±", r"$\pm$")
+
+
+def ablation_latex(frame: pd.DataFrame, arms: list[str], models: list[str]) -> str:
+    """A booktabs tabular: a W/A header spanning each bit-width's models, the FP32 row, the arms."""
+    columns, rows = _grid(frame, arms, models)
+    bits = list(dict.fromkeys((w, a) for w, a, _ in columns))
+    n = len(models)
+    spans = " & ".join(rf"\multicolumn{{{n}}}{{c}}{{W{w}A{a}}}" for w, a in bits)
+    rules = " ".join(rf"\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(bits)))
+    lines = [rf"\begin{{tabular}}{{l{'r' * len(columns)}}}", r"\toprule", f" & {spans} \\\\", rules,
+             "Method & " + " & ".join(_latex_escape(model) for _, _, model in columns) + r" \\", r"\midrule"]
+    body = [" & ".join(_latex_escape(cell) for cell in row) + r" \\" for row in rows]
+    lines += [body[0], r"\midrule", *body[1:], r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"

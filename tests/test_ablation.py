@@ -1,0 +1,178 @@
+"""The ablation target: arms expand to their jobs, an edited arm reruns only its own jobs, arm
+overrides are checked against the schema, and the table renders from metrics JSONs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
+from qatstudy.workflow import ablation_arms, ablation_models
+from test_workflow import job_counts, snakemake
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+ARMS = {"baseline": {},
+        "kd": {"distillation": {"weight": 0.5, "crops": 2}},
+        "kd_module": {"distillation": {"weight": 0.5, "crops": 2}, "quant": {"first_last_bits": 8,
+                                                                             "quantize_attention": True}}}
+
+
+def tiny_ablation_config(**ablation) -> dict:
+    config = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    config["ablation"] = {"bits": [4, 2], "models": ["vit"], "arms": copy.deepcopy(ARMS), **ablation}
+    return config
+
+
+def write_config(config: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def validated(config: dict) -> dict:
+    validate(config, str(SCHEMA_PATH))
+    return config
+
+
+def scheduled_arm_runs(snakemake_output: str) -> set[str]:
+    """The ablation run folders (kd_w4a4, ...) that scheduled jobs write to."""
+    outputs = "\n".join(line for line in snakemake_output.splitlines() if line.strip().startswith("output:"))
+    return set(re.findall(r"runs/[^/\s]+/seed\d+/ablation/(\w+)/", outputs))
+
+
+@pytest.fixture(scope="module")
+def ablation_dry_run(tmp_path_factory) -> tuple[Path, str]:
+    workdir = tmp_path_factory.mktemp("ablation")
+    config = write_config(tiny_ablation_config(), workdir / "ablation.yaml")
+    result = snakemake(workdir, "--configfile", str(config), "--cores", "2", "ablation", "--dry-run")
+    return workdir, result.stdout
+
+
+def test_arms_expand_to_one_qat_job_per_arm_model_and_bits(ablation_dry_run):
+    _, output = ablation_dry_run
+    counts = job_counts(output)
+    # only `vit` is ablated, so only its FP32 model is trained
+    assert counts == {"download": 1, "split": 1, "train_fp32": 1, "ablation_qat": len(ARMS) * 2, "ablation_table": 1,
+                      "ablation": 1, "total": 5 + len(ARMS) * 2}
+    assert scheduled_arm_runs(output) == {f"{arm}_{tag}" for arm in ARMS for tag in ("w4a4", "w2a2")}
+    assert "runs/vit/seed0/ablation/kd_w2a2/metrics.json" in output and "runs/cnn/" not in output
+
+
+def test_editing_one_arm_reruns_only_its_jobs(ablation_dry_run, tmp_path):
+    workdir, output = ablation_dry_run
+    # stand-in outputs, marked as made by the current config (--touch records each job's params)
+    for line in output.splitlines():
+        if line.strip().startswith("output:"):
+            for name in line.split(":", 1)[1].split(","):
+                path = workdir / name.strip()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+    config = workdir / "ablation.yaml"
+    snakemake(workdir, "--configfile", str(config), "--cores", "2", "ablation", "--touch", "--forceall")
+    edited = tiny_ablation_config()
+    edited["ablation"]["arms"]["kd"]["distillation"]["weight"] = 0.7
+    result = snakemake(workdir, "--configfile", str(write_config(edited, tmp_path / "edited.yaml")), "--cores", "2",
+                       "ablation", "--dry-run")
+    assert job_counts(result.stdout) == {"ablation_qat": 2, "ablation_table": 1, "ablation": 1, "total": 4}
+    assert scheduled_arm_runs(result.stdout) == {"kd_w4a4", "kd_w2a2"}
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "config/gpu.yaml"])
+def test_study_config_arms_are_cumulative_and_valid(path):
+    config = validated(yaml.safe_load((REPO / path).read_text()))
+    arms = ablation_arms(config, SCHEMA)
+    assert list(arms) == ["baseline", "kd", "kd_reg", "kd_reg_module"]
+    assert arms["baseline"]["distillation"] == config["distillation"]
+    assert arms["kd_reg_module"]["distillation"] == arms["kd"]["distillation"] != config["distillation"]
+    assert arms["kd_reg_module"]["quant"]["first_last_bits"] == 8 and arms["kd_reg_module"]["quant"]["quantize_attention"]
+    assert ablation_models(config) == list(config["models"])
+
+
+def test_an_arm_keeps_the_study_settings_it_does_not_override():
+    config = validated(tiny_ablation_config())
+    config["distillation"]["temperature"] = 2.0
+    arms = ablation_arms(config, SCHEMA)
+    assert arms["kd"]["distillation"] == {"weight": 0.5, "crops": 2, "temperature": 2.0}
+    assert arms["kd"]["quant"] == config["quant"]
+
+
+@pytest.mark.parametrize(("arm", "message"), [
+    ({"distillation": {"wieght": 0.5}}, "ablation.arms.bad.distillation.wieght: unknown key"),
+    ({"qat": {"epochs": 3}}, "ablation.arms.bad.qat: unknown key"),
+    ({"regularizer": {"weight": -1}}, "ablation.arms.bad: regularizer.weight: -1 is less than the minimum"),
+    ({"quant": {"first_last_bits": 9}}, "ablation.arms.bad: quant.first_last_bits: 9"),
+])
+def test_bad_arm_overrides_name_the_arm_and_key(arm, message):
+    config = validated(tiny_ablation_config(arms={"baseline": {}, "bad": arm}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ablation_arms(config, SCHEMA)
+
+
+def test_ablated_models_must_exist():
+    config = validated(tiny_ablation_config(models=["vit", "deit"]))
+    with pytest.raises(ValueError, match=r"ablation\.models: deit"):
+        ablation_models(config)
+
+
+def test_schema_fills_ablation_defaults():
+    config = validated(yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text()))
+    assert config["ablation"] == {"bits": [4, 2], "models": None, "arms": {"baseline": {}}}
+
+
+def _write_metrics(folder: Path, name: str, **record) -> str:
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_table_renders_arms_by_bits_and_model(tmp_path):
+    fp32 = [_write_metrics(tmp_path, f"fp32_{model}_{seed}", model=model, seed=seed, test_top1=top1)
+            for model, seed, top1 in [("cnn", 0, 90.0), ("cnn", 1, 92.0), ("vit", 0, 88.0), ("vit", 1, 88.0)]]
+    arm_files = []
+    for arm, gain in [("kd", 1.0), ("baseline", 0.0)]:  # files in any order; rows follow the arm list
+        for model, family in [("vit", "vit"), ("cnn", "cnn")]:
+            for bits in (4, 2):
+                for seed in (0, 1):
+                    history = [{"epoch": 1, "oscillating_share": 0.2}, {"epoch": 2, "oscillating_share": 0.05 * seed}]
+                    arm_files.append(_write_metrics(
+                        tmp_path, f"{arm}_{model}_{bits}_{seed}", model=model, family=family, arm=arm, w_bits=bits,
+                        a_bits=bits, seed=seed, test_top1=80.0 + bits + gain + seed, history=history))
+    arms, models = ["baseline", "kd"], ["cnn", "vit"]
+    frame = ablation_frame(arm_files, fp32, arms)
+
+    assert list(frame.columns) == ["model", "family", "arm", "w_bits", "a_bits", "seed", "top1", "fp32_top1",
+                                   "oscillating_share"]
+    assert len(frame) == 2 * 2 * 2 * 2
+    assert list(frame.arm.drop_duplicates()) == arms
+    row = frame[(frame.arm == "kd") & (frame.model == "cnn") & (frame.w_bits == 2) & (frame.seed == 1)].iloc[0]
+    assert (row.top1, row.fp32_top1, row.oscillating_share) == (84.0, 92.0, 0.05)  # the last epoch's share
+
+    markdown = ablation_markdown(frame, arms, models)
+    lines = markdown.splitlines()
+    assert lines[0] == "| Arm | W4A4 cnn | W4A4 vit | W2A2 cnn | W2A2 vit |"
+    assert lines[2] == "| FP32 | 91.00 ± 1.41 | 88.00 ± 0.00 | 91.00 ± 1.41 | 88.00 ± 0.00 |"
+    assert lines[3] == "| baseline | 84.50 ± 0.71 | 84.50 ± 0.71 | 82.50 ± 0.71 | 82.50 ± 0.71 |"
+    assert lines[4].startswith("| kd | 85.50 ± 0.71 |")
+
+    latex = ablation_latex(frame, arms, models)
+    assert r"\multicolumn{2}{c}{W4A4} & \multicolumn{2}{c}{W2A2} \\" in latex
+    assert r"\cmidrule(lr){2-3} \cmidrule(lr){4-5}" in latex
+    assert r"baseline & 84.50 $\pm$ 0.71 & 84.50 $\pm$ 0.71 & 82.50 $\pm$ 0.71 & 82.50 $\pm$ 0.71 \\" in latex
+    assert latex.startswith(r"\begin{tabular}{lrrrr}") and latex.rstrip().endswith(r"\end{tabular}")
+
+
+def test_table_escapes_arm_names_for_latex(tmp_path):
+    fp32 = [_write_metrics(tmp_path, "fp32", model="vit", seed=0, test_top1=88.0)]
+    arm = [_write_metrics(tmp_path, "arm", model="vit", family="vit", arm="kd_reg", w_bits=4, a_bits=4, seed=0,
+                          test_top1=85.0, history=[])]
+    frame = ablation_frame(arm, fp32, ["kd_reg"])
+    assert pd.isna(frame.oscillating_share[0])
+    assert r"kd\_reg & 85.00 \\" in ablation_latex(frame, ["kd_reg"], ["vit"])

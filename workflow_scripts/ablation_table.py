@@ -1,0 +1,15 @@
+from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
+from qatstudy.aggregate import write_csv, write_text
+from qatstudy.workflow import run
+
+
+def main(snakemake, log):
+    arms, models = snakemake.params.arms, snakemake.params.models
+    frame = ablation_frame(snakemake.input.arms, snakemake.input.fp32, arms)
+    write_csv(frame, snakemake.output.csv)
+    write_text(ablation_markdown(frame, arms, models), snakemake.output.md)
+    write_text(ablation_latex(frame, arms, models), snakemake.output.tex)
+    log(f"{len(frame)} ablation rows: {len(arms)} arms x {len(models)} models")
+
+
+run(snakemake, main, uses_torch=False)
