@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .aggregate import _mean_std
+from .aggregate import latex_escape, mean_std_text
 from .io import read_json
 
 ABLATION_COLUMNS = ["model", "family", "arm", "w_bits", "a_bits", "seed", "top1", "fp32_top1", "oscillating_share"]
@@ -36,11 +36,11 @@ def _grid(frame: pd.DataFrame, arms: list[str], models: list[str]) -> tuple[list
     of each arm: top-1 mean (± std over seeds)."""
     bits = sorted({(int(w), int(a)) for w, a in zip(frame.w_bits, frame.a_bits)}, reverse=True)
     columns = [(w, a, model) for w, a in bits for model in models]
-    fp32 = ["FP32"] + [_mean_std(frame[frame.model == model].drop_duplicates(["model", "seed"]).fp32_top1, ".2f")
+    fp32 = ["FP32"] + [mean_std_text(frame[frame.model == model].drop_duplicates(["model", "seed"]).fp32_top1, ".2f")
                        for _, _, model in columns]
     rows = [fp32]
     for arm in arms:
-        cells = [_mean_std(frame[(frame.arm == arm) & (frame.w_bits == w) & (frame.a_bits == a)
+        cells = [mean_std_text(frame[(frame.arm == arm) & (frame.w_bits == w) & (frame.a_bits == a)
                                  & (frame.model == model)].top1, ".2f") for w, a, model in columns]
         rows.append([arm] + cells)
     return columns, rows
@@ -56,12 +56,6 @@ def ablation_markdown(frame: pd.DataFrame, arms: list[str], models: list[str]) -
     return "\n".join(lines) + "\n"
 
 
-def _latex_escape(text: str) -> str:
-    for char in "\\&%$#_{}":
-        text = text.replace(char, "\\" + char)
-    return text.replace("±", r"$\pm$")
-
-
 def ablation_latex(frame: pd.DataFrame, arms: list[str], models: list[str]) -> str:
     """A booktabs tabular: a W/A header spanning each bit-width's models, the FP32 row, the arms."""
     columns, rows = _grid(frame, arms, models)
@@ -70,7 +64,7 @@ def ablation_latex(frame: pd.DataFrame, arms: list[str], models: list[str]) -> s
     spans = " & ".join(rf"\multicolumn{{{n}}}{{c}}{{W{w}A{a}}}" for w, a in bits)
     rules = " ".join(rf"\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(bits)))
     lines = [rf"\begin{{tabular}}{{l{'r' * len(columns)}}}", r"\toprule", f" & {spans} \\\\", rules,
-             "Method & " + " & ".join(_latex_escape(model) for _, _, model in columns) + r" \\", r"\midrule"]
-    body = [" & ".join(_latex_escape(cell) for cell in row) + r" \\" for row in rows]
+             "Method & " + " & ".join(latex_escape(model) for _, _, model in columns) + r" \\", r"\midrule"]
+    body = [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in rows]
     lines += [body[0], r"\midrule", *body[1:], r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

@@ -77,7 +77,7 @@ def write_csv(frame: pd.DataFrame, dest: str | Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def _mean_std(values: pd.Series, fmt: str) -> str:
+def mean_std_text(values: pd.Series, fmt: str) -> str:
     if values.empty or values.isna().all():
         return "–"
     if len(values) > 1:
@@ -123,9 +123,9 @@ def model_summary_table(accuracy: pd.DataFrame, qat_bits: int) -> Table:
         fp32_mb = fp32.fp32_bytes.mean() / 1e6 if not fp32.empty else float("nan")
         packed_mb = q.packed_bytes.mean() / 1e6 if not q.empty else float("nan")
         reduction = 100.0 * (1 - packed_mb / fp32_mb)  # NaN where either size is missing
-        table.rows.append([model, family, f"{int(group.params.iloc[0]):,}", _mean_std(fp32.top1, ".2f"),
-                           _mean_std(q.top1, ".2f"), _mean_std(q.onnx_top1.dropna(), ".2f"), _number(fp32_mb, ".3f"),
-                           _number(packed_mb, ".3f"), _mean_std(q.onnx_bytes.dropna() / 1e6, ".3f"),
+        table.rows.append([model, family, f"{int(group.params.iloc[0]):,}", mean_std_text(fp32.top1, ".2f"),
+                           mean_std_text(q.top1, ".2f"), mean_std_text(q.onnx_top1.dropna(), ".2f"), _number(fp32_mb, ".3f"),
+                           _number(packed_mb, ".3f"), mean_std_text(q.onnx_bytes.dropna() / 1e6, ".3f"),
                            _number(reduction, ".1f")])
     return table
 
@@ -142,7 +142,7 @@ def top1_by_bits_table(accuracy: pd.DataFrame) -> Table:
     quantized = accuracy[accuracy.method != "fp32"]
     for (family, model, method), group in quantized.groupby(["family", "model", "method"], sort=True):
         reference = fp32[fp32.model == model]
-        cells = [_mean_std((reference if w >= 32 else group[(group.w_bits == w) & (group.a_bits == a)]).top1, ".2f")
+        cells = [mean_std_text((reference if w >= 32 else group[(group.w_bits == w) & (group.a_bits == a)]).top1, ".2f")
                  for w, a in pairs]
         table.rows.append([model, family, method.upper()] + cells)
     return table
@@ -161,9 +161,9 @@ def deployment_table(bench: pd.DataFrame) -> Table:
                                                                 "batch"])
     for (_, model, method, w, a, backend, batch), group in ordered.groupby(keys, sort=False):
         variant = bits_tag(w, a) if method == "fp32" else f"{method.upper()} {bits_tag(w, a)}"
-        table.rows.append([model, variant, backend, str(batch), _mean_std(group.latency_ms_p50, ".3f"),
-                           _mean_std(group.latency_ms_p99, ".3f"), _mean_std(group.throughput_ips, ".0f"),
-                           _mean_std(group.model_bytes / 1e6, ".3f"), _mean_std(group.peak_mem_bytes / 1e6, ".1f")])
+        table.rows.append([model, variant, backend, str(batch), mean_std_text(group.latency_ms_p50, ".3f"),
+                           mean_std_text(group.latency_ms_p99, ".3f"), mean_std_text(group.throughput_ips, ".0f"),
+                           mean_std_text(group.model_bytes / 1e6, ".3f"), mean_std_text(group.peak_mem_bytes / 1e6, ".1f")])
     return table
 
 
