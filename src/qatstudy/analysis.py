@@ -37,7 +37,7 @@ from torch import nn
 from . import quant
 from .batches import Splits, iterate_batches
 from .io import read_json, write_json
-from .stages import load_checkpoint
+from .stages import calibrate_on_training_split, load_checkpoint
 from .train import evaluate
 
 # groups in data-flow order; `stage` stands for stage1, stage2, ...
@@ -145,10 +145,8 @@ def sensitivity(model: nn.Module, splits: Splits, *, bits: Iterable[int], groups
         scheme = quant.QuantScheme(b, b, quantize_attention=True, **(quant_options or {}))
         calibrated = quant.quantize_model(copy.deepcopy(model), scheme)
         # the same calibration batches as the PTQ stage
-        generator = torch.Generator().manual_seed(seed)
-        batches = (xb for xb, _ in iterate_batches(splits.x["train"], splits.y["train"], 128, shuffle=True,
-                                                   generator=generator, limit=calib_images))
-        quant.calibrate(calibrated, batches, method=calibration, seed=seed)
+        calibrate_on_training_split(calibrated, splits, method=calibration, images=calib_images, batch_size=128,
+                                    seed=seed)
         steps = calibrated.state_dict()
         for group in selected:
             model_q = quantize_group(model, available[group], scheme)

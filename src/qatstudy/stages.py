@@ -86,11 +86,18 @@ def _quantized_from_fp32(fp32_checkpoint: str, scheme: quant.QuantScheme, splits
     model = build(ckpt["arch"], ckpt["kwargs"], num_classes=ckpt["num_classes"], in_chans=ckpt["image_shape"][0],
                   scheme=scheme)
     model.load_state_dict(fp32.state_dict(), strict=False)  # quantizer steps are set by calibration
+    calibrate_on_training_split(model, splits, method=calibration, images=calib_images, batch_size=batch_size,
+                                seed=seed)
+    return model, ckpt
+
+
+def calibrate_on_training_split(model: nn.Module, splits: Splits, *, method: str, images: int, batch_size: int,
+                                seed: int) -> None:
+    """Initialise every quantizer's step size from `images` seeded-random training images."""
     generator = torch.Generator().manual_seed(seed)
     batches = (xb for xb, _ in iterate_batches(splits.x["train"], splits.y["train"], batch_size, shuffle=True,
-                                               generator=generator, limit=calib_images))
-    quant.calibrate(model, batches, method=calibration, seed=seed)
-    return model, ckpt
+                                               generator=generator, limit=images))
+    quant.calibrate(model, batches, method=method, seed=seed)
 
 
 def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, calibration: str,
