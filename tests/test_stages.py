@@ -3,6 +3,7 @@ resumable), PTQ, QAT (frozen batch norm, checkpoint round trip), and freeze_batc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -215,6 +216,29 @@ def test_qat_checkpoint_round_trip_and_frozen_batchnorm(data, fp32, tmp_path, mo
     for key in bn_keys:
         assert torch.equal(qat_state[key], fp32_state[key]), key
     assert not torch.equal(qat_state["head.weight"], fp32_state["head.weight"])
+
+
+def test_quantizer_steps_train_at_their_own_learning_rate(data, tmp_path):
+    model = stages.build(ARCH, KWARGS, num_classes=10, in_chans=1, scheme=SCHEME)
+    splits = stages.Splits(data)
+    # calibration decides which activation quantizers are unsigned (a larger qmax)
+    stages.calibrate_on_training_split(model, splits, method="minmax", images=BATCH, batch_size=BATCH, seed=0)
+    halved = dataclasses.replace(settings(), quantizer_lr_scale=0.5)
+    lr_of = {id(p): (group.get("lr", halved.lr), group["weight_decay"]) for group in train_module.param_groups(model, halved)
+             for p in group["params"]}
+    assert len(lr_of) == len(list(model.parameters()))
+    for name, q in quant.quantizers(model):
+        assert lr_of[id(q.step)] == (halved.lr * 0.5 / q.qmax, 0.0), name
+    assert {q.qmax for _, q in quant.quantizers(model)} == {7, 15}
+    assert lr_of[id(model.head.weight)] == (halved.lr, halved.weight_decay)
+
+    frozen_steps = dataclasses.replace(settings(), quantizer_lr_scale=0.0)
+    steps = {name: q.step.detach().clone() for name, q in quant.quantizers(model)}
+    weight = model.head.weight.detach().clone()
+    train_module.fit(model, splits, frozen_steps, seed=0, resume_path=tmp_path / "resume",
+                     log=lambda _: None)
+    assert all(torch.equal(q.step, steps[name]) for name, q in quant.quantizers(model))
+    assert not torch.equal(model.head.weight, weight)
 
 
 def test_qat_does_not_resume_from_a_different_fp32_model(data, fp32, tmp_path, monkeypatch):

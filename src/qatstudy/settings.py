@@ -18,6 +18,7 @@ class TrainSettings:
     crop_padding: int = 0
     hflip: bool = False
     images_per_epoch: int | None = None  # None: the whole training split each epoch
+    quantizer_lr_scale: float = 1.0  # lr multiplier for LSQ step sizes and offsets (see train.param_groups)
 
     def fingerprint(self, **extra) -> str:
         blob = json.dumps({**asdict(self), **extra}, sort_keys=True, default=str)
