@@ -16,6 +16,7 @@ import torch
 
 from qatstudy import data
 from qatstudy.batches import Splits, augment, iterate_batches
+from qatstudy.train import DEVICE_ENV, training_device
 from qatstudy.data import (
     DatasetError,
     DatasetSpec,
@@ -438,6 +439,22 @@ def test_augment_shapes_and_determinism():
     assert a.shape == x.shape
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_augment_and_batching_stay_on_the_data_device():
+    # "meta" stands in for a GPU: it rejects the CPU index and mask tensors a CUDA tensor would
+    x, y = torch.empty(6, 3, 10, 12, device="meta"), torch.empty(6, dtype=torch.long, device="meta")
+    generator = torch.Generator().manual_seed(0)
+    xb, yb = next(iterate_batches(x, y, 4, shuffle=True, generator=generator))
+    out = augment(xb, 2, True, generator)
+    assert (out.device.type, yb.device.type, tuple(out.shape)) == ("meta", "meta", (4, 3, 10, 12))
+
+
+def test_training_device_honours_the_environment(monkeypatch):
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert training_device() == torch.device("cpu")
+    monkeypatch.delenv(DEVICE_ENV)
+    assert training_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_augment_crops_are_shifted_windows_of_padded_image():

@@ -20,7 +20,7 @@ from .io import atomic_path, write_json
 from .models import count_parameters, create_model
 from .objectives import QATObjective, QATSettings
 from .settings import TrainSettings
-from .train import evaluate, fit
+from .train import evaluate, fit, training_device
 
 
 def build(arch: str, kwargs: dict, *, num_classes: int, in_chans: int, scheme: quant.QuantScheme | None = None,
@@ -61,12 +61,13 @@ def _record(model: nn.Module, splits: Splits, identity: dict, **extra) -> dict:
 
 def train_fp32(*, data: str, arch: str, kwargs: dict, identity: dict, settings: TrainSettings, seed: int,
                pretrained: bool, checkpoint: str, metrics: str, zero_init_head: bool = False, log=print) -> dict:
-    splits = Splits(data)
+    device = training_device()
+    splits = Splits(data, device)
     num_classes = int(splits.y["train"].max()) + 1
     torch.manual_seed(seed)
     model = build(arch, kwargs, num_classes=num_classes, in_chans=splits.image_shape[0], pretrained=pretrained,
-                  zero_init_head=zero_init_head)
-    log(f"{arch}: {count_parameters(model):,} parameters, training on {len(splits.y['train'])} images")
+                  zero_init_head=zero_init_head).to(device)
+    log(f"{arch}: {count_parameters(model):,} parameters, training on {len(splits.y['train'])} images ({device})")
     result = fit(model, splits, settings, seed=seed, resume_path=Path(checkpoint).with_suffix(".resume"),
                  desc=f"{identity['model']} fp32", log=log,
                  inputs={"data": md5sum(data), "arch": arch, "kwargs": kwargs, "pretrained": pretrained,
@@ -86,6 +87,7 @@ def _quantized_from_fp32(fp32_checkpoint: str, scheme: quant.QuantScheme, splits
     model = build(ckpt["arch"], ckpt["kwargs"], num_classes=ckpt["num_classes"], in_chans=ckpt["image_shape"][0],
                   scheme=scheme)
     model.load_state_dict(fp32.state_dict(), strict=False)  # quantizer steps are set by calibration
+    model.to(splits.x["train"].device)
     calibrate_on_training_split(model, splits, method=calibration, images=calib_images, batch_size=batch_size,
                                 seed=seed)
     return model, ckpt
@@ -103,7 +105,7 @@ def calibrate_on_training_split(model: nn.Module, splits: Splits, *, method: str
 def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, calibration: str,
         calib_images: int, seed: int, metrics: str, log=print) -> dict:
     """Post-training quantization: calibrate step sizes on a few training batches, no training."""
-    splits = Splits(data)
+    splits = Splits(data, training_device())
     start = time.perf_counter()
     model, _ = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
                                     calib_images=calib_images, batch_size=128, seed=seed)
@@ -120,10 +122,10 @@ def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
         objective: QATSettings = QATSettings(), log=print) -> dict:
     """Quantization-aware training: LSQ fake quantization initialised from the FP32 model, fine-tuned,
     with the FP32 model as distillation teacher when `objective.distill_weight` > 0."""
-    splits = Splits(data)
+    splits = Splits(data, training_device())
     model, ckpt = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
                                        calib_images=calib_images, batch_size=settings.batch_size, seed=seed)
-    teacher = load_checkpoint(fp32_checkpoint)[0] if objective.distill_weight > 0 else None
+    teacher = load_checkpoint(fp32_checkpoint)[0].to(splits.x["train"].device) if objective.distill_weight > 0 else None
     # Batch-norm statistics stay frozen at their FP32 values during the short fine-tune: the
     # deployed graph then computes exactly what was trained (see README, "Batch norm").
     freeze_batchnorm(model)

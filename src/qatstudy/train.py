@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from .batches import Splits, augment, iterate_batches
 from .io import atomic_path
 from .quant import LSQQuantizer
 from .settings import TrainSettings
+
+
+DEVICE_ENV = "QATSTUDY_DEVICE"
+
+
+def training_device() -> torch.device:
+    """Where the stages train and evaluate: $QATSTUDY_DEVICE if set (e.g. `cpu` on a GPU machine),
+    else the first CUDA GPU when PyTorch sees one, else the CPU."""
+    return torch.device(os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 @torch.no_grad()

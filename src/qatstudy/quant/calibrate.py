@@ -88,13 +88,13 @@ class _ActivationRecorder:
         x = x.detach().reshape(-1)
         self.minimum = min(self.minimum, float(x.min()))
         if x.numel() > _MAX_SAMPLES:
-            x = x[torch.randint(0, x.numel(), (_MAX_SAMPLES,), generator=self.generator)]
+            x = x[torch.randint(0, x.numel(), (_MAX_SAMPLES,), generator=self.generator).to(x.device)]
         self.samples.append(x)
 
     def values(self) -> torch.Tensor:
         x = torch.cat(self.samples)
         if x.numel() > _MAX_SAMPLES:
-            x = x[torch.randperm(x.numel(), generator=self.generator)[:_MAX_SAMPLES]]
+            x = x[torch.randperm(x.numel(), generator=self.generator)[:_MAX_SAMPLES].to(x.device)]
         return x
 
 
