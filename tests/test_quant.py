@@ -15,6 +15,7 @@ from qatstudy.quant import (
     QuantScheme,
     calibrate,
     export_mode,
+    init_asymmetric_range,
     init_step_size,
     integer_range,
     model_size_bytes,
@@ -510,3 +511,11 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(fresh(x), model(x))
         with export_mode(fresh):
             assert torch.equal(fresh(x), model(x))
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+def test_step_size_initialisation_runs_on_the_data_device(method):
+    # "meta" stands in for a GPU: a CPU search grid mixed into it fails as it would on CUDA
+    rows = torch.empty(4, 10, device="meta")
+    assert init_step_size(rows, 4, True, method).device.type == "meta"
+    assert {t.device.type for t in init_asymmetric_range(rows, 4, method)} == {"meta"}

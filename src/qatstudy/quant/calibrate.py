@@ -35,7 +35,7 @@ def init_step_size(x: torch.Tensor, bits: int, signed: bool, method: str) -> tor
     if method == "percentile":
         return torch.quantile(absx, 0.9999, dim=1) / qmax
     # mse: evaluate every candidate clipping range, keep the best per row
-    steps = amax[None, :] * _MSE_GRID[:, None] / qmax  # [grid, rows]
+    steps = amax[None, :] * _MSE_GRID.to(x.device)[:, None] / qmax  # [grid, rows]
     errors = torch.stack(
         [((_fake_quant(x, s[:, None].clamp_min(1e-12), qmin, qmax) - x) ** 2).mean(dim=1) for s in steps]
     )
