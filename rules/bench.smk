@@ -6,7 +6,7 @@ rule bench_cpu:
         f"{RUN}/{{variant}}/bench_cpu.json",
     params:
         bench=canonical(config["bench"]),
-    threads: workflow.cores  # alone on the machine: timings without neighbours
+    threads: CORES  # alone on the machine: timings without neighbours
     log:
         "logs/bench_cpu/{model}_seed{seed}_{variant}.log",
     script:

@@ -32,13 +32,15 @@ wildcard_constraints:
 
 
 CPUS = available_cpu_count()
-os.environ[WORKFLOW_CORES_ENV] = str(workflow.cores)  # jobs inherit it: workflow.job_threads
+# --cores; runs that execute no jobs (--report, --lint) may leave it unset
+CORES = workflow.resource_settings.cores or CPUS
+os.environ[WORKFLOW_CORES_ENV] = str(CORES)  # jobs inherit it: workflow.job_threads
 
 
 def cpu_share(cpus):
     """The --cores budget a job running `cpus` threads must reserve so that jobs together never use
     more CPUs than this machine has, whatever --cores says (jobs scale back: workflow.job_threads)."""
-    return max(1, min(workflow.cores, math.ceil(cpus * workflow.cores / CPUS)))
+    return max(1, min(CORES, math.ceil(cpus * CORES / CPUS)))
 
 
 def identity(wildcards):

@@ -108,6 +108,14 @@ def test_tiny_study_analysis_tables(tiny_study):
 
 
 @needs_fashion_mnist
+def test_tiny_study_report(tiny_study, tmp_path):
+    # as the README runs it: no --cores, since a report executes no job
+    snakemake(tiny_study, "--configfile", str(TINY), "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
+    assert all(name in html for name in ["accuracy_by_bits", "summary.md", "sensitivity"])
+
+
+@needs_fashion_mnist
 def test_second_run_has_nothing_to_do(tiny_study):
     result = snakemake(tiny_study, "--configfile", str(TINY), "--cores", "2", "all", "--dry-run")
     assert "Nothing to be done" in result.stdout + result.stderr
