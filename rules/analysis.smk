@@ -1,7 +1,7 @@
 # Why ViTs and CNNs quantize differently, from each FP32 checkpoint: per-module-group PTQ
 # sensitivity and per-tensor variation statistics (qatstudy.analysis), then their tidy tables.
 
-from qatstudy.analysis import SENSITIVITY_QUANT_OPTIONS
+from qatstudy.workflow import SENSITIVITY_QUANT_OPTIONS
 
 ANALYSIS_TABLES = ["results/tables/sensitivity.csv", "results/tables/variation.csv",
                    "results/tables/variation_summary.csv"]

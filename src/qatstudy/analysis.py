@@ -47,9 +47,6 @@ _STAGE = re.compile(r"(?:layer(\d+)|(?:blocks|stages|layers)\.(\d+))(?:\.|$)")
 _TRANSFORMER_ROLES = {"attn.qkv": "qkv", "attn.proj": "attn_proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2",
                       "downsample.reduction": "patch_merging"}
 ALL_GROUPS = "all"  # the sensitivity row with every group quantized at once (= whole-model PTQ)
-# the config's quant options that apply to sensitivity; first/last and attention bits do not, since
-# each group is measured at the sensitivity bit-width
-SENSITIVITY_QUANT_OPTIONS = ("weight_per_channel", "act_asymmetric")
 OUTLIER_SIGMAS = 3.0  # a value is an outlier beyond mean +- 3 std (0.27% of a normal distribution)
 _ATTENTION_TENSORS = {"q_quantizer": "q", "k_quantizer": "k", "v_quantizer": "v", "attn_quantizer": "softmax"}
 

@@ -15,6 +15,9 @@ _SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
 # The config sections an ablation arm may override: everything that shapes a QAT run except its
 # training settings, which stay the study's so that arms differ only in what they ablate.
 ARM_SECTIONS = ("distillation", "regularizer", "quant", "oscillation")
+# The config's quant options that apply to the sensitivity analysis; first/last and attention bits do not, since
+# each group is measured at the sensitivity bit-width.
+SENSITIVITY_QUANT_OPTIONS = ("weight_per_channel", "act_asymmetric")
 
 
 def canonical(value):
