@@ -6,6 +6,7 @@ rule bench_cpu:
         f"{RUN}/{{variant}}/bench_cpu.json",
     params:
         bench=canonical(config["bench"]),
+        config_digest=variant_digest(bench=config["bench"]),
     threads: workflow.cores  # alone on the machine: timings without neighbours
     log:
         "logs/bench_cpu/{model}_seed{seed}_{variant}.log",

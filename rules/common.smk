@@ -6,7 +6,8 @@ import os
 from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
-from qatstudy.workflow import WORKFLOW_CORES_ENV, bit_tags, canonical, merged_settings, model_identity, qat_objective
+from qatstudy.workflow import (WORKFLOW_CORES_ENV, bit_tags, canonical, config_digest, merged_settings, model_identity,
+                                qat_objective)
 
 DATASET = config["dataset"]["name"]
 SPLITS = f"data/{DATASET}/splits.npz"
@@ -39,6 +40,12 @@ def cpu_share(cpus):
     """The --cores budget a job running `cpus` threads must reserve so that jobs together never use
     more CPUs than this machine has, whatever --cores says (jobs scale back: workflow.job_threads)."""
     return max(1, min(workflow.cores, math.ceil(cpus * workflow.cores / CPUS)))
+
+
+def variant_digest(**settings):
+    """The config digest of a deployed variant's result: its training stage's (fp32, or qat for qat_<tag>) plus the
+    rule's own settings."""
+    return lambda wildcards: config_digest(config, wildcards.variant.split("_", 1)[0], **settings)
 
 
 def identity(wildcards):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from qatstudy.io import read_json
 from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads, merged_settings, model_identity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +84,19 @@ def test_tiny_study_tables(tiny_study):
     summary = (tiny_study / "results/tables/summary.md").read_text()
     for model in config["models"]:
         assert f"| {model} |" in summary
+
+    # every result carries its provenance; the tables carry its config hash (one per stage) and commit per row
+    for table in (accuracy, bench):
+        assert table.config_hash.notna().all() and "git_commit" in table and "git_dirty" in table
+        assert (table.groupby("method").config_hash.nunique() == 1).all()
+    assert accuracy.config_hash.nunique() == 3  # fp32, ptq and qat each hash the config sections behind them
+    run = tiny_study / "runs/vit/seed0/qat_w8a8"
+    for name, scope in [("metrics.json", "qat"), ("onnx.json", "qat"), ("bench_cpu.json", "qat+bench")]:
+        record = read_json(run / name)["provenance"]
+        assert (record["config_scope"], record["seed"]) == (scope, 0)
+        assert record["packages"]["torch"] and record["hardware"]["cpus"] >= 1
+    sensitivity = read_json(tiny_study / "runs/cnn/seed0/analysis/sensitivity.json")["provenance"]
+    assert sensitivity["config_scope"] == "fp32+sensitivity"
 
 
 @needs_fashion_mnist
