@@ -7,7 +7,7 @@ rule bench_cpu:
     params:
         bench=canonical(config["bench"]),
         config_digest=variant_digest(bench=config["bench"]),
-    threads: workflow.cores  # alone on the machine: timings without neighbours
+    threads: alone(config["bench"]["threads"])  # timings without neighbours
     log:
         "logs/bench_cpu/{model}_seed{seed}_{variant}.log",
     script:

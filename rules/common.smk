@@ -33,13 +33,27 @@ wildcard_constraints:
 
 
 CPUS = available_cpu_count()
-os.environ[WORKFLOW_CORES_ENV] = str(workflow.cores)  # jobs inherit it: workflow.job_threads
+# On a cluster each job gets an allocation of the CPUs it declares; on one machine all jobs share its CPUs within
+# --cores. A cluster run is one with --jobs (how many cluster jobs at once; a cluster profile sets it; the executor
+# is not known yet while the workflow loads), or a job it started. On one machine, give --cores alone.
+CLUSTER = workflow.nodes is not None or workflow.remote_exec
+if not CLUSTER:
+    os.environ[WORKFLOW_CORES_ENV] = str(workflow.cores)  # jobs inherit it: workflow.job_threads
 
 
 def cpu_share(cpus):
-    """The --cores budget a job running `cpus` threads must reserve so that jobs together never use
-    more CPUs than this machine has, whatever --cores says (jobs scale back: workflow.job_threads)."""
+    """The threads a job running `cpus` threads declares. On one machine: the --cores budget it must reserve so that
+    jobs together never use more CPUs than this machine has, whatever --cores says (jobs scale back:
+    workflow.job_threads). On a cluster: `cpus`, what its allocation gets (cpus-per-task)."""
+    if CLUSTER:
+        return cpus
     return max(1, min(workflow.cores, math.ceil(cpus * workflow.cores / CPUS)))
+
+
+def alone(cpus):
+    """The threads of a job that must run without neighbours (timings) on `cpus` threads: all of --cores on one
+    machine; on a cluster `cpus`, and the profile asks for a node of its own (profiles/slurm: --exclusive)."""
+    return cpus if CLUSTER else workflow.cores
 
 
 def variant_digest(**settings):

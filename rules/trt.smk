@@ -22,7 +22,7 @@ wildcard_constraints:
 def trt_threads():
     """A local GPU benchmark runs alone on the machine (trtexec drives the GPU from a CPU thread); over ssh
     the workstation only waits."""
-    return workflow.cores if TRT["transport"] == "local" else 1
+    return alone(1) if TRT["transport"] == "local" else 1
 
 
 def per_batch(pattern):

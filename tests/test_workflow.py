@@ -14,12 +14,11 @@ import yaml
 
 from qatstudy.io import read_json
 from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads, merged_settings, model_identity
+from helpers import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-needs_fashion_mnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                                         reason="Debian's dataset-fashion-mnist is not installed (./bootstrap installs it)")
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
