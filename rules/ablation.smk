@@ -27,6 +27,7 @@ use rule qat as ablation_qat with:
         identity=lambda w: canonical({**identity(w), "arm": w.arm}),
         objective=lambda w: qat_objective(ARMS[w.arm]),
         quant=lambda w: canonical(ARMS[w.arm]["quant"]),
+        config_digest=lambda w: config_digest(ARMS[w.arm], "qat"),
     log:
         "logs/ablation/{model}_seed{seed}_{arm}_{tag}.log",
     benchmark:
@@ -44,6 +45,7 @@ rule ablation_table:
     params:
         arms=list(ARMS),
         models=ABLATION_MODELS,
+        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
         "logs/ablation_table.log",
     script:

@@ -44,6 +44,7 @@ rule aggregate:
         latex=[table_report(f"results/tables/{name}.tex", "summary") for name in LATEX_TABLES],
     params:
         summary_bits=config["figures"]["summary_bits"],
+        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
         "logs/aggregate.log",
     script:

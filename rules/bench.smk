@@ -6,7 +6,8 @@ rule bench_cpu:
         f"{RUN}/{{variant}}/bench_cpu.json",
     params:
         bench=canonical(config["bench"]),
-    threads: CORES  # alone on the machine: timings without neighbours
+        config_digest=variant_digest(bench=config["bench"]),
+    threads: alone(config["bench"]["threads"])  # timings without neighbours
     log:
         "logs/bench_cpu/{model}_seed{seed}_{variant}.log",
     script:

@@ -6,7 +6,8 @@ import os
 from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
-from qatstudy.workflow import WORKFLOW_CORES_ENV, bit_tags, canonical, merged_settings, model_identity, qat_objective
+from qatstudy.workflow import (WORKFLOW_CORES_ENV, bit_tags, canonical, config_digest, merged_settings, model_identity,
+                                qat_objective)
 
 DATASET = config["dataset"]["name"]
 SPLITS = f"data/{DATASET}/splits.npz"
@@ -32,15 +33,35 @@ wildcard_constraints:
 
 
 CPUS = available_cpu_count()
+# On a cluster each job gets an allocation of the CPUs it declares; on one machine all jobs share its CPUs within
+# --cores. A cluster run is one with --jobs (how many cluster jobs at once; a cluster profile sets it; the executor
+# is not known yet while the workflow loads), or a job it started. On one machine, give --cores alone.
+CLUSTER = workflow.nodes is not None or workflow.remote_exec
 # --cores; runs that execute no jobs (--report, --lint) may leave it unset
 CORES = workflow.resource_settings.cores or CPUS
-os.environ[WORKFLOW_CORES_ENV] = str(CORES)  # jobs inherit it: workflow.job_threads
+if not CLUSTER:
+    os.environ[WORKFLOW_CORES_ENV] = str(CORES)  # jobs inherit it: workflow.job_threads
 
 
 def cpu_share(cpus):
-    """The --cores budget a job running `cpus` threads must reserve so that jobs together never use
-    more CPUs than this machine has, whatever --cores says (jobs scale back: workflow.job_threads)."""
+    """The threads a job running `cpus` threads declares. On one machine: the --cores budget it must reserve so that
+    jobs together never use more CPUs than this machine has, whatever --cores says (jobs scale back:
+    workflow.job_threads). On a cluster: `cpus`, what its allocation gets (cpus-per-task)."""
+    if CLUSTER:
+        return cpus
     return max(1, min(CORES, math.ceil(cpus * CORES / CPUS)))
+
+
+def alone(cpus):
+    """The threads of a job that must run without neighbours (timings) on `cpus` threads: all of --cores on one
+    machine; on a cluster `cpus`, and the profile asks for a node of its own (profiles/slurm: --exclusive)."""
+    return cpus if CLUSTER else CORES
+
+
+def variant_digest(**settings):
+    """The config digest of a deployed variant's result: its training stage's (fp32, or qat for qat_<tag>) plus the
+    rule's own settings."""
+    return lambda wildcards: config_digest(config, wildcards.variant.split("_", 1)[0], **settings)
 
 
 def identity(wildcards):

@@ -5,6 +5,8 @@ rule export_onnx:
     output:
         onnx=f"{RUN}/{{variant}}/model.onnx",
         report=f"{RUN}/{{variant}}/onnx.json",
+    params:
+        config_digest=variant_digest(),
     threads: cpu_share(config["threads"]["eval"])
     log:
         "logs/export/{model}_seed{seed}_{variant}.log",

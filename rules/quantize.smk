@@ -11,6 +11,7 @@ rule ptq:
         identity=identity,
         quant=canonical(config["quant"]),
         calibration=canonical(config["calibration"]),
+        config_digest=config_digest(config, "ptq"),
     threads: cpu_share(config["threads"]["eval"])
     log:
         "logs/ptq/{model}_seed{seed}_{tag}.log",
@@ -33,6 +34,7 @@ rule qat:
         objective=qat_objective(config),
         quant=canonical(config["quant"]),
         calibration=canonical(config["calibration"]),
+        config_digest=config_digest(config, "qat"),
     threads: cpu_share(config["threads"]["train"])
     log:
         "logs/qat/{model}_seed{seed}_{tag}.log",

@@ -9,6 +9,7 @@ rule train_fp32:
         settings=train_settings("train"),
         pretrained=lambda w: config["models"][w.model]["pretrained"],
         zero_init_head=lambda w: config["models"][w.model]["zero_init_head"],
+        config_digest=config_digest(config, "fp32"),
     threads: cpu_share(config["threads"]["train"])
     priority: 10  # the longest jobs, and everything waits on them: start them first
     log:

@@ -11,6 +11,8 @@ TRT_RUN = RUN + "/{variant}/trt"
 TRT_BATCHES = config["bench"]["batch_sizes"]
 # the TensorRT benchmark files the tables read (aggregate's bench input)
 TRT_BENCH = run_files(RUN + "/{variant}/bench_trt.json", DEPLOYED) if TRT["transport"] else []
+TRT_BUILD_SETTINGS = canonical({k: TRT[k] for k in BUILD_SETTINGS})
+TRT_BENCH_SETTINGS = canonical({k: TRT[k] for k in BENCH_SETTINGS})
 
 
 wildcard_constraints:
@@ -20,7 +22,7 @@ wildcard_constraints:
 def trt_threads():
     """A local GPU benchmark runs alone on the machine (trtexec drives the GPU from a CPU thread); over ssh
     the workstation only waits."""
-    return CORES if TRT["transport"] == "local" else 1
+    return alone(1) if TRT["transport"] == "local" else 1
 
 
 def per_batch(pattern):
@@ -36,7 +38,8 @@ rule trt_build:
         layers=f"{TRT_RUN}/b{{batch}}.layers.json",
         record=f"{TRT_RUN}/b{{batch}}.build.json",
     params:
-        build=canonical({k: TRT[k] for k in BUILD_SETTINGS}),
+        build=TRT_BUILD_SETTINGS,
+        config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS),
     resources:
         trt_device=1,
     threads: trt_threads()
@@ -55,7 +58,8 @@ rule trt_bench:
         result=f"{RUN}/{{variant}}/bench_trt.json",
         profiles=per_batch(f"{TRT_RUN}/b{{batch}}.profile.json"),
     params:
-        bench=canonical({k: TRT[k] for k in BENCH_SETTINGS}),
+        bench=TRT_BENCH_SETTINGS,
+        config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS, trt_bench=TRT_BENCH_SETTINGS),
     resources:
         trt_device=1,
     threads: trt_threads()

@@ -1,16 +1,28 @@
-"""Shared test helpers: a tiny fake Fashion-MNIST, and in-memory ONNX export of a quantized model."""
+"""Shared test helpers: a tiny fake Fashion-MNIST, in-memory ONNX export of a quantized model, a free local port,
+and the mark for tests that need Debian's Fashion-MNIST (the workflow tests' data)."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from qatstudy import quant
 from qatstudy.data import prepare_splits
+
+needs_fashion_mnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                         reason="Debian's dataset-fashion-mnist is not installed (./bootstrap installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def export_quantized(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, bytes]:

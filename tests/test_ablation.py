@@ -149,7 +149,7 @@ def test_table_renders_arms_by_bits_and_model(tmp_path):
     frame = ablation_frame(arm_files, fp32, arms)
 
     assert list(frame.columns) == ["model", "family", "arm", "w_bits", "a_bits", "seed", "top1", "fp32_top1",
-                                   "oscillating_share"]
+                                   "oscillating_share", "config_hash", "git_commit", "git_dirty"]
     assert len(frame) == 2 * 2 * 2 * 2
     assert list(frame.arm.drop_duplicates()) == arms
     row = frame[(frame.arm == "kd") & (frame.model == "cnn") & (frame.w_bits == 2) & (frame.seed == 1)].iloc[0]

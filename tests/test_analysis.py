@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 VIT = ("vit_convstem_tiny", {"embed_dim": 16, "depth": 1, "num_heads": 2})
 SWIN = ("swin_convstem_tiny", {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2]})
 RESNET = ("resnet10t", {})
+# what a job records about itself (qatstudy.provenance); the tables carry its hash and commit per row
+PROVENANCE = {"config_hash": "0123456789abcdef", "config_scope": "fp32+sensitivity", "git_commit": "c0ffee", "git_dirty": False}
 
 
 def tiny(arch_kwargs: tuple[str, dict]) -> nn.Module:
@@ -207,17 +209,20 @@ def test_stages_write_json_and_the_tables_have_the_agreed_columns(data, tmp_path
         analysis.analyse_sensitivity(data=str(data), fp32_checkpoint=str(checkpoint), identity=identity, seed=0,
                                      bits=[4], groups=["stem", "head"], quant_options={"weight_per_channel": True},
                                      calibration="minmax", calib_images=16, test_images=10,
-                                     output=files["sensitivity"][-1], log=lambda _: None)
+                                     output=files["sensitivity"][-1], provenance=PROVENANCE, log=lambda _: None)
         analysis.analyse_variation(data=str(data), fp32_checkpoint=str(checkpoint), identity=identity, seed=0,
-                                   images=8, output=files["variation"][-1], log=lambda _: None)
+                                   images=8, output=files["variation"][-1], provenance=PROVENANCE, log=lambda _: None)
     sensitivity = analysis.sensitivity_table(files["sensitivity"])
     assert list(sensitivity.columns) == ["model", "family", "seed", "group", "w_bits", "a_bits", "top1", "fp32_top1",
-                                         "drop"]
+                                         "drop", "config_hash", "git_commit", "git_dirty"]
+    assert set(sensitivity.config_hash) == {PROVENANCE["config_hash"]}
     assert list(sensitivity["model"]) == ["cnn"] * 3 + ["vit"] * 3
     assert list(sensitivity["group"]) == ["stem", "head", "all"] * 2
     variation = analysis.variation_table(files["variation"])
     assert list(variation.columns) == ["model", "family", "seed", "layer", "group", "kind", "range_min", "range_max",
-                                       "channel_cv", "kurtosis", "outlier_ratio"]
+                                       "channel_cv", "kurtosis", "outlier_ratio", "config_hash", "git_commit",
+                                       "git_dirty"]
+    assert set(variation.git_commit) == {PROVENANCE["git_commit"]}
     summary = analysis.variation_summary(variation)
     assert list(summary[["family", "kind", "scope"]].itertuples(index=False, name=None)) == [
         ("cnn", "activation", "layers"), ("cnn", "weight", "layers"), ("vit", "activation", "attention_map"),

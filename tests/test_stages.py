@@ -130,6 +130,16 @@ def test_train_fp32_deterministic(data, fp32, tmp_path):
     assert other["seed"] == 1
 
 
+def test_qat_deterministic(data, fp32, tmp_path):
+    """The same seed on the same CPU reproduces QAT exactly, as it does FP32 training (above)."""
+    folder, _ = fp32
+    first = run_qat(data, folder / "model.pt", tmp_path / "first")
+    again = run_qat(data, folder / "model.pt", tmp_path / "again")
+    assert again["test_top1"] == first["test_top1"] and again["val_top1"] == first["val_top1"]
+    assert without_timings(again) == without_timings(first)
+    assert_same_state(state_dict(tmp_path / "again" / "model.pt"), state_dict(tmp_path / "first" / "model.pt"))
+
+
 def test_train_fp32_resumes_after_interruption(data, tmp_path, monkeypatch):
     whole = run_fp32(data, tmp_path / "whole", epochs=2)
     folder = tmp_path / "interrupted"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from qatstudy.io import read_json
+from helpers import free_port, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_INS = REPO / "tests" / "stand_ins"
@@ -33,15 +33,8 @@ DOWN_HOST = "jetson-down"  # an alias whose port nobody listens on
 pytestmark = [
     pytest.mark.skipif(not SSHD.exists() or not shutil.which("ssh") or not shutil.which("ssh-keygen"),
                        reason="no OpenSSH server (/usr/sbin/sshd) here: apt-get install openssh-server"),
-    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                       reason="Debian's dataset-fashion-mnist is not installed (./bootstrap installs it)"),
+    needs_fashion_mnist,
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

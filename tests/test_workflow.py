@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from qatstudy.io import read_json
 from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads, merged_settings, model_identity
+from helpers import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-needs_fashion_mnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                                         reason="Debian's dataset-fashion-mnist is not installed (./bootstrap installs it)")
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -83,6 +83,19 @@ def test_tiny_study_tables(tiny_study):
     summary = (tiny_study / "results/tables/summary.md").read_text()
     for model in config["models"]:
         assert f"| {model} |" in summary
+
+    # every result carries its provenance; the tables carry its config hash (one per stage) and commit per row
+    for table in (accuracy, bench):
+        assert table.config_hash.notna().all() and "git_commit" in table and "git_dirty" in table
+        assert (table.groupby("method").config_hash.nunique() == 1).all()
+    assert accuracy.config_hash.nunique() == 3  # fp32, ptq and qat each hash the config sections behind them
+    run = tiny_study / "runs/vit/seed0/qat_w8a8"
+    for name, scope in [("metrics.json", "qat"), ("onnx.json", "qat"), ("bench_cpu.json", "qat+bench")]:
+        record = read_json(run / name)["provenance"]
+        assert (record["config_scope"], record["seed"]) == (scope, 0)
+        assert record["packages"]["torch"] and record["hardware"]["cpus"] >= 1
+    sensitivity = read_json(tiny_study / "runs/cnn/seed0/analysis/sensitivity.json")["provenance"]
+    assert sensitivity["config_scope"] == "fp32+sensitivity"
 
 
 @needs_fashion_mnist

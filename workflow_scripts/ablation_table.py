@@ -1,10 +1,13 @@
 from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
 from qatstudy.aggregate import write_csv, write_text
+from qatstudy.provenance import check_one_config
 from qatstudy.workflow import run
 
 
 def main(snakemake, log):
     arms, models = snakemake.params.arms, snakemake.params.models
+    check_one_config([*snakemake.input.arms, *snakemake.input.fp32], allow_mixed=snakemake.params.allow_mixed_config,
+                     log=log)
     frame = ablation_frame(snakemake.input.arms, snakemake.input.fp32, arms)
     write_csv(frame, snakemake.output.csv)
     write_text(ablation_markdown(frame, arms, models), snakemake.output.md)

@@ -2,10 +2,13 @@ from pathlib import Path
 
 from qatstudy.aggregate import (accuracy_table, bench_table, latex_table, oscillation_table, summary_markdown,
                                 summary_tables, write_csv, write_text)
+from qatstudy.provenance import check_one_config
 from qatstudy.workflow import run
 
 
 def main(snakemake, log):
+    check_one_config([*snakemake.input.metrics, *snakemake.input.onnx, *snakemake.input.bench],
+                     allow_mixed=snakemake.params.allow_mixed_config, log=log)
     accuracy = accuracy_table(snakemake.input.metrics, snakemake.input.onnx)
     bench = bench_table(snakemake.input.bench)
     write_csv(accuracy, snakemake.output.accuracy)

@@ -1,9 +1,12 @@
 from qatstudy.aggregate import write_csv
 from qatstudy.analysis import sensitivity_table, variation_summary, variation_table
+from qatstudy.provenance import check_one_config
 from qatstudy.workflow import run
 
 
 def main(snakemake, log):
+    check_one_config([*snakemake.input.sensitivity, *snakemake.input.variation],
+                     allow_mixed=snakemake.params.allow_mixed_config, log=log)
     sensitivity = sensitivity_table(snakemake.input.sensitivity)
     variation = variation_table(snakemake.input.variation)
     write_csv(sensitivity, snakemake.output.sensitivity)

@@ -1,6 +1,6 @@
 from qatstudy.bench import benchmark_onnx
 from qatstudy.io import read_json, write_json
-from qatstudy.workflow import run
+from qatstudy.workflow import job_provenance, run
 
 
 def main(snakemake, log):
@@ -9,7 +9,7 @@ def main(snakemake, log):
     rows = benchmark_onnx(snakemake.input.onnx, tuple(metrics["input_shape"]), p["batch_sizes"], threads=p["threads"],
                           warmup=p["warmup"], iterations=p["iterations"])
     write_json(snakemake.output[0], {**{k: metrics[k] for k in ("model", "family", "method", "w_bits", "a_bits", "seed")},
-                                     "rows": rows})
+                                     "rows": rows, "provenance": job_provenance(snakemake)})
     for row in rows:
         log(str(row))
 

@@ -1,11 +1,12 @@
 from qatstudy.export import export_onnx, onnx_top1
 from qatstudy.io import write_json
-from qatstudy.workflow import job_threads, run
+from qatstudy.workflow import job_provenance, job_threads, run
 
 
 def main(snakemake, log):
     report = export_onnx(snakemake.input.checkpoint, snakemake.output.onnx)
     report["onnx_top1"] = onnx_top1(snakemake.output.onnx, snakemake.input.data, threads=job_threads(snakemake))
+    report["provenance"] = job_provenance(snakemake)
     write_json(snakemake.output.report, report)
     log(str(report))
 

@@ -2,7 +2,7 @@ from qatstudy.objectives import QATSettings
 from qatstudy.quant import QuantScheme
 from qatstudy.stages import qat
 from qatstudy.settings import TrainSettings
-from qatstudy.workflow import run
+from qatstudy.workflow import job_provenance, run
 
 
 def main(snakemake, log):
@@ -12,7 +12,7 @@ def main(snakemake, log):
         settings=TrainSettings(**p.settings), calibration=p.calibration["method"],
         calib_images=p.calibration["images"], seed=int(snakemake.wildcards.seed),
         objective=QATSettings(**p.objective), checkpoint=snakemake.output.checkpoint,
-        metrics=snakemake.output.metrics, log=log)
+        metrics=snakemake.output.metrics, provenance=job_provenance(snakemake), log=log)
 
 
 run(snakemake, main)

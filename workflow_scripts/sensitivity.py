@@ -1,13 +1,14 @@
 from qatstudy.analysis import analyse_sensitivity
-from qatstudy.workflow import run
+from qatstudy.workflow import job_provenance, run
 
 
 def main(snakemake, log):
-    p = snakemake.params
-    analyse_sensitivity(data=snakemake.input.data, fp32_checkpoint=snakemake.input.fp32, identity=p.identity,
-                        seed=int(snakemake.wildcards.seed), bits=p.bits, groups=p.groups, quant_options=p.quant,
-                        calibration=p.calibration["method"], calib_images=p.calibration["images"],
-                        test_images=p.test_images, output=snakemake.output[0], log=log)
+    s = snakemake.params.settings
+    analyse_sensitivity(data=snakemake.input.data, fp32_checkpoint=snakemake.input.fp32,
+                        identity=snakemake.params.identity, seed=int(snakemake.wildcards.seed), bits=s["bits"],
+                        groups=s["groups"], quant_options=s["quant"], calibration=s["calibration"]["method"],
+                        calib_images=s["calibration"]["images"], test_images=s["test_images"],
+                        output=snakemake.output[0], provenance=job_provenance(snakemake), log=log)
 
 
 run(snakemake, main)

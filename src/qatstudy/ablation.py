@@ -8,8 +8,10 @@ import pandas as pd
 
 from .aggregate import latex_escape, mean_std_text
 from .io import read_json
+from .provenance import PROVENANCE_COLUMNS, provenance_columns
 
-ABLATION_COLUMNS = ["model", "family", "arm", "w_bits", "a_bits", "seed", "top1", "fp32_top1", "oscillating_share"]
+ABLATION_COLUMNS = ["model", "family", "arm", "w_bits", "a_bits", "seed", "top1", "fp32_top1", "oscillating_share",
+                    *PROVENANCE_COLUMNS]
 
 
 def ablation_frame(arm_files: list[str], fp32_files: list[str], arms: list[str]) -> pd.DataFrame:
@@ -22,7 +24,7 @@ def ablation_frame(arm_files: list[str], fp32_files: list[str], arms: list[str])
         last_epoch = m["history"][-1] if m.get("history") else {}
         rows.append({**{k: m[k] for k in ("model", "family", "arm", "w_bits", "a_bits", "seed")},
                      "top1": m["test_top1"], "fp32_top1": fp32_top1[(m["model"], m["seed"])],
-                     "oscillating_share": last_epoch.get("oscillating_share")})
+                     "oscillating_share": last_epoch.get("oscillating_share"), **provenance_columns(m)})
     frame = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
     order = {arm: i for i, arm in enumerate(arms)}
     frame = frame.sort_values(["arm", "family", "model", "w_bits", "a_bits", "seed"],

@@ -9,12 +9,13 @@ from pathlib import Path
 import pandas as pd
 
 from .io import atomic_path, read_json
+from .provenance import PROVENANCE_COLUMNS, provenance_columns
 
 ACCURACY_COLUMNS = ["model", "family", "arch", "method", "w_bits", "a_bits", "seed", "top1", "val_top1",
-                    "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes"]
+                    "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", *PROVENANCE_COLUMNS]
 BENCH_COLUMNS = ["model", "family", "method", "w_bits", "a_bits", "seed", "backend", "batch", "threads",
                  "latency_ms_p50", "latency_ms_p99", "latency_ms_mean", "throughput_ips", "model_bytes",
-                 "peak_mem_bytes"]
+                 "peak_mem_bytes", *PROVENANCE_COLUMNS]
 
 
 def _variant_dir(path: str | Path) -> Path:
@@ -29,7 +30,7 @@ def accuracy_table(metrics_files: list[str], onnx_files: list[str]) -> pd.DataFr
         m = read_json(f)
         d = deployed.get(_variant_dir(f), {})
         rows.append({**{k: m.get(k) for k in ACCURACY_COLUMNS}, "top1": m["test_top1"],
-                     "onnx_top1": d.get("onnx_top1"), "onnx_bytes": d.get("onnx_bytes")})
+                     "onnx_top1": d.get("onnx_top1"), "onnx_bytes": d.get("onnx_bytes"), **provenance_columns(m)})
     frame = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
     # nullable integers: a float column would be written in write_csv's 6 significant digits
     frame["onnx_bytes"] = frame.onnx_bytes.astype("Int64")
@@ -41,8 +42,8 @@ def bench_table(bench_files: list[str]) -> pd.DataFrame:
     rows = []
     for f in bench_files:
         b = read_json(f)
-        rows += [{**{k: b[k] for k in ("model", "family", "method", "w_bits", "a_bits", "seed")}, **row}
-                 for row in b["rows"]]
+        rows += [{**{k: b[k] for k in ("model", "family", "method", "w_bits", "a_bits", "seed")}, **row,
+                  **provenance_columns(b)} for row in b["rows"]]
     frame = pd.DataFrame(rows, columns=BENCH_COLUMNS)
     return frame.sort_values(["family", "model", "method", "w_bits", "batch"], ascending=[True, True, True, False, True],
                              ignore_index=True)
@@ -59,14 +60,16 @@ def oscillation_table(metrics_files: list[str]) -> pd.DataFrame:
         if m["method"] != "qat":
             continue
         key = {k: m[k] for k in ("model", "family", "w_bits", "a_bits", "seed")}
+        run = provenance_columns(m)
         for h in m.get("history", []):
             if "oscillating_share" not in h:
                 continue
             rows.append({**key, "epoch": h["epoch"], "layer": "(all)", "oscillating_share": h["oscillating_share"],
-                         "frozen_share": h["frozen_share"]})
+                         "frozen_share": h["frozen_share"], **run})
             rows += [{**key, "epoch": h["epoch"], "layer": name, "oscillating_share": layer["oscillating"],
-                      "frozen_share": layer["frozen"]} for name, layer in h["layers"].items()]
-    columns = ["model", "family", "w_bits", "a_bits", "seed", "epoch", "layer", "oscillating_share", "frozen_share"]
+                      "frozen_share": layer["frozen"], **run} for name, layer in h["layers"].items()]
+    columns = ["model", "family", "w_bits", "a_bits", "seed", "epoch", "layer", "oscillating_share", "frozen_share",
+               *PROVENANCE_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.sort_values(["family", "model", "w_bits", "seed", "epoch"], ascending=[True, True, False, True, True],
                              kind="stable", ignore_index=True)

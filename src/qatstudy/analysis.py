@@ -37,7 +37,9 @@ from torch import nn
 from . import quant
 from .batches import Splits, iterate_batches
 from .io import read_json, write_json
+from .provenance import PROVENANCE_COLUMNS, provenance_columns
 from .stages import calibrate_on_training_split, load_checkpoint
+from .train import training_device
 from .train import evaluate
 
 # groups in data-flow order; `stage` stands for stage1, stage2, ...
@@ -47,15 +49,13 @@ _STAGE = re.compile(r"(?:layer(\d+)|(?:blocks|stages|layers)\.(\d+))(?:\.|$)")
 _TRANSFORMER_ROLES = {"attn.qkv": "qkv", "attn.proj": "attn_proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2",
                       "downsample.reduction": "patch_merging"}
 ALL_GROUPS = "all"  # the sensitivity row with every group quantized at once (= whole-model PTQ)
-# the config's quant options that apply to sensitivity; first/last and attention bits do not, since
-# each group is measured at the sensitivity bit-width
-SENSITIVITY_QUANT_OPTIONS = ("weight_per_channel", "act_asymmetric")
 OUTLIER_SIGMAS = 3.0  # a value is an outlier beyond mean +- 3 std (0.27% of a normal distribution)
 _ATTENTION_TENSORS = {"q_quantizer": "q", "k_quantizer": "k", "v_quantizer": "v", "attn_quantizer": "softmax"}
 
-SENSITIVITY_COLUMNS = ["model", "family", "seed", "group", "w_bits", "a_bits", "top1", "fp32_top1", "drop"]
+SENSITIVITY_COLUMNS = ["model", "family", "seed", "group", "w_bits", "a_bits", "top1", "fp32_top1", "drop",
+                       *PROVENANCE_COLUMNS]
 STAT_COLUMNS = ["range_min", "range_max", "channel_cv", "kurtosis", "outlier_ratio"]
-VARIATION_COLUMNS = ["model", "family", "seed", "layer", "group", "kind", *STAT_COLUMNS]
+VARIATION_COLUMNS = ["model", "family", "seed", "layer", "group", "kind", *STAT_COLUMNS, *PROVENANCE_COLUMNS]
 
 
 def _group_key(group: str) -> tuple[int, int]:
@@ -223,31 +223,34 @@ def _fp32_model(checkpoint: str) -> nn.Module:
 
 def analyse_sensitivity(*, data: str, fp32_checkpoint: str, identity: dict, seed: int, bits: list[int],
                         groups: list[str] | None, quant_options: dict, calibration: str, calib_images: int,
-                        test_images: int, output: str, log=print) -> dict:
+                        test_images: int, output: str, provenance: dict | None = None, log=print) -> dict:
     """The sensitivity of one FP32 run, written as JSON (rows plus the group -> layers map)."""
     start = time.perf_counter()
-    model = _fp32_model(fp32_checkpoint)
-    splits = Splits(data)
+    device = training_device()
+    model = _fp32_model(fp32_checkpoint).to(device)
+    splits = Splits(data, device)
     rows = sensitivity(model, splits, bits=bits, groups=groups, quant_options=quant_options, calibration=calibration,
                        calib_images=calib_images, test_images=test_images, seed=seed, log=log)
     record = {**identity, "seed": seed, "test_images": min(test_images, len(splits.y["test"])),
               "calibration": calibration, "calib_images": calib_images, "groups": layer_groups(model), "rows": rows,
-              "time_s": time.perf_counter() - start}
+              "time_s": time.perf_counter() - start, "provenance": provenance}
     write_json(output, record)
     return record
 
 
 def analyse_variation(*, data: str, fp32_checkpoint: str, identity: dict, seed: int, images: int, output: str,
-                      log=print) -> dict:
+                      provenance: dict | None = None, log=print) -> dict:
     """The variation statistics of one FP32 run on `images` seeded-random training images, as JSON."""
     start = time.perf_counter()
-    model = _fp32_model(fp32_checkpoint)
-    splits = Splits(data)
+    device = training_device()
+    model = _fp32_model(fp32_checkpoint).to(device)
+    splits = Splits(data, device)
     generator = torch.Generator().manual_seed(seed)
     xb, _ = next(iterate_batches(splits.x["train"], splits.y["train"], images, shuffle=True, generator=generator,
                                  limit=images))
     rows = variation(model, xb)
-    record = {**identity, "seed": seed, "images": len(xb), "rows": rows, "time_s": time.perf_counter() - start}
+    record = {**identity, "seed": seed, "images": len(xb), "rows": rows, "time_s": time.perf_counter() - start,
+              "provenance": provenance}
     write_json(output, record)
     log(f"{len(rows)} tensors described in {record['time_s']:.1f} s")
     return record
@@ -258,7 +261,7 @@ def _tidy(files: Iterable[str | Path], columns: list[str]) -> pd.DataFrame:
     for f in files:
         record = read_json(f)
         key = {k: record[k] for k in ("model", "family", "seed")}
-        rows += [{**key, **row} for row in record["rows"]]
+        rows += [{**key, **row, **provenance_columns(record)} for row in record["rows"]]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.sort_values(["family", "model", "seed"], kind="stable", ignore_index=True)
 

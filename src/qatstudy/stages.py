@@ -60,7 +60,8 @@ def _record(model: nn.Module, splits: Splits, identity: dict, **extra) -> dict:
 
 
 def train_fp32(*, data: str, arch: str, kwargs: dict, identity: dict, settings: TrainSettings, seed: int,
-               pretrained: bool, checkpoint: str, metrics: str, zero_init_head: bool = False, log=print) -> dict:
+               pretrained: bool, checkpoint: str, metrics: str, zero_init_head: bool = False,
+               provenance: dict | None = None, log=print) -> dict:
     device = training_device()
     splits = Splits(data, device)
     num_classes = int(splits.y["train"].max()) + 1
@@ -72,7 +73,8 @@ def train_fp32(*, data: str, arch: str, kwargs: dict, identity: dict, settings: 
                  desc=f"{identity['model']} fp32", log=log,
                  inputs={"data": md5sum(data), "arch": arch, "kwargs": kwargs, "pretrained": pretrained,
                          "zero_init_head": zero_init_head})
-    record = _record(model, splits, {**identity, "method": "fp32", "w_bits": 32, "a_bits": 32, "seed": seed}, **result)
+    record = _record(model, splits, {**identity, "method": "fp32", "w_bits": 32, "a_bits": 32, "seed": seed}, **result,
+                     provenance=provenance)
     save_checkpoint(checkpoint, model, arch=arch, kwargs=kwargs, num_classes=num_classes,
                     image_shape=splits.image_shape, scheme=None)
     write_json(metrics, record)
@@ -103,7 +105,7 @@ def calibrate_on_training_split(model: nn.Module, splits: Splits, *, method: str
 
 
 def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, calibration: str,
-        calib_images: int, seed: int, metrics: str, log=print) -> dict:
+        calib_images: int, seed: int, metrics: str, provenance: dict | None = None, log=print) -> dict:
     """Post-training quantization: calibrate step sizes on a few training batches, no training."""
     splits = Splits(data, training_device())
     start = time.perf_counter()
@@ -111,7 +113,7 @@ def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
                                     calib_images=calib_images, batch_size=128, seed=seed)
     record = _record(model, splits, {**identity, "method": "ptq", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
                                      "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration, calib_images=calib_images,
-                     calib_time_s=time.perf_counter() - start)
+                     calib_time_s=time.perf_counter() - start, provenance=provenance)
     write_json(metrics, record)
     log(f"ptq {scheme.tag}: val {record['val_top1']:.2f}%, test {record['test_top1']:.2f}%")
     return record
@@ -119,7 +121,7 @@ def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
 
 def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, settings: TrainSettings,
         calibration: str, calib_images: int, seed: int, checkpoint: str, metrics: str,
-        objective: QATSettings = QATSettings(), log=print) -> dict:
+        objective: QATSettings = QATSettings(), provenance: dict | None = None, log=print) -> dict:
     """Quantization-aware training: LSQ fake quantization initialised from the FP32 model, fine-tuned,
     with the FP32 model as distillation teacher when `objective.distill_weight` > 0."""
     splits = Splits(data, training_device())
@@ -136,7 +138,7 @@ def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
                          "calibration": calibration, "calib_images": calib_images, "objective": repr(objective)})
     record = _record(model, splits, {**identity, "method": "qat", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
                                      "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration,
-                     objective=dataclasses.asdict(objective), **result)
+                     objective=dataclasses.asdict(objective), **result, provenance=provenance)
     save_checkpoint(checkpoint, model, arch=ckpt["arch"], kwargs=ckpt["kwargs"], num_classes=ckpt["num_classes"],
                     image_shape=ckpt["image_shape"], scheme=scheme)
     write_json(metrics, record)

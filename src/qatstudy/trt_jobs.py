@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import trt
 from .io import atomic_path, read_json, write_json
+from .provenance import with_tensorrt
 from .remote import Transport, pack, unpack
 
 IDENTITY = ("model", "family", "method", "w_bits", "a_bits", "seed")
@@ -61,7 +62,7 @@ def run_trtexec(transport: Transport, args: list[str], inputs: dict[str, bytes],
 
 
 def build_engine(*, onnx: str, metrics: str, engine: str, record: str, layers: str, batch: int, settings: dict,
-                 trt_config: dict, log=print) -> None:
+                 trt_config: dict, provenance: dict | None = None, log=print) -> None:
     transport = Transport.from_environment(trt_config["transport"])
     device = probe_device(transport, trt_config["expected_version"], log)
     identity = read_json(metrics)
@@ -75,7 +76,8 @@ def build_engine(*, onnx: str, metrics: str, engine: str, record: str, layers: s
              "trt_version": report.get("trt_version"), "device_name": report.get("device_name"),
              "compute_capability": report.get("compute_capability"), "build_s": report.get("build_s"),
              "engine_bytes": len(files[trt.ENGINE_FILE]), "layer_precisions": trt.layer_precisions(layer_info),
-             "warnings": report["warnings"]}
+             "warnings": report["warnings"],
+             "provenance": with_tensorrt(provenance, device["trt_version"])}
     with atomic_path(engine) as tmp:
         tmp.write_bytes(files[trt.ENGINE_FILE])
     with atomic_path(layers) as tmp:
@@ -100,7 +102,7 @@ def check_same_device(build: dict, device: dict, where: str) -> None:
 
 
 def benchmark_engines(*, engines: list[str], records: list[str], metrics: str, result: str, profiles: list[str],
-                      settings: dict, trt_config: dict, log=print) -> None:
+                      settings: dict, trt_config: dict, provenance: dict | None = None, log=print) -> None:
     transport = Transport.from_environment(trt_config["transport"])
     device = probe_device(transport, trt_config["expected_version"], log)
     builds = [read_json(r) for r in records]
@@ -125,4 +127,5 @@ def benchmark_engines(*, engines: list[str], records: list[str], metrics: str, r
     for path, data in zip(profiles, layer_profiles):
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
-    write_json(result, {**{k: identity[k] for k in IDENTITY}, "device": device, "rows": rows})
+    write_json(result, {**{k: identity[k] for k in IDENTITY}, "device": device, "rows": rows,
+                        "provenance": with_tensorrt(provenance, device["trt_version"])})

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import sys
 import traceback
 
 import jsonschema
 
+from .provenance import provenance
 from .settings import TrainSettings
 
 _SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
 # The config sections an ablation arm may override: everything that shapes a QAT run except its
 # training settings, which stay the study's so that arms differ only in what they ablate.
 ARM_SECTIONS = ("distillation", "regularizer", "quant", "oscillation")
+# The config's quant options that apply to the sensitivity analysis; first/last and attention bits do not, since
+# each group is measured at the sensitivity bit-width.
+SENSITIVITY_QUANT_OPTIONS = ("weight_per_channel", "act_asymmetric")
+# The config sections that decide a result of each training stage, its upstream stages' included (QAT fine-tunes
+# the FP32 model). Grid axes are left out (models, bits, seeds, ablation arms: adding one leaves the digests of
+# existing results alone), and so are settings that change no result (threads, figures, trt.transport).
+_FP32_SECTIONS = ("dataset", "train")
+STAGE_SECTIONS = {"fp32": _FP32_SECTIONS, "ptq": _FP32_SECTIONS + ("quant", "calibration"),
+                  "qat": _FP32_SECTIONS + ("qat", "quant", "calibration", "distillation", "regularizer", "oscillation")}
+_UNHASHED_DATASET_KEYS = ("mirrors", "urls")  # where the files come from does not change them: their MD5 is checked
 
 
 def canonical(value):
@@ -42,6 +55,26 @@ def qat_objective(config: dict) -> dict:
     return canonical({"distill_weight": distill["weight"], "distill_temperature": distill["temperature"],
             "crops": distill["crops"], "regularizer_weight": reg["weight"], "oscillation_momentum": osc["momentum"],
             "oscillation_threshold": osc["threshold"], "freeze_threshold": osc["freeze_threshold"]})
+
+
+def config_digest(config: dict, stage: str, **settings) -> dict:
+    """What decides a result of `stage` (fp32, ptq or qat) and of the rule that makes it: the stage's config
+    sections (STAGE_SECTIONS) plus the rule's own `settings` (a benchmark's, an analysis's), as a scope (which
+    sections, e.g. "qat+bench") and a hash of their values (16 hex digits of SHA-256, key order ignored).
+
+    Rules pass it as a param, so a result is rebuilt exactly when its digest changes: results of one scope made by
+    the workflow share a hash, and the tables refuse to mix hashes within a scope (qatstudy.provenance).
+    """
+    hashed = {section: config[section] for section in STAGE_SECTIONS[stage]}
+    hashed["dataset"] = {k: v for k, v in hashed["dataset"].items() if k not in _UNHASHED_DATASET_KEYS}
+    text = json.dumps(canonical({**hashed, **settings}), sort_keys=True)
+    return {"scope": "+".join([stage, *sorted(settings)]), "hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def job_provenance(snakemake) -> dict:
+    """The provenance record of a job's result: its rule's `config_digest` param and its seed wildcard."""
+    seed = snakemake.wildcards.get("seed")
+    return provenance(snakemake.params.config_digest, None if seed is None else int(seed))
 
 
 def bit_tags(bits: list) -> list[str]:
