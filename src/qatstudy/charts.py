@@ -262,7 +262,6 @@ def sensitivity_heatmap(sensitivity: pd.DataFrame) -> alt.FacetChart:
     # the colour scale spans the single groups; the whole-model drop, far larger at low bits, saturates
     single = data[data.group != WHOLE_MODEL_GROUP]["drop"]
     high = max(float(single.max()) if len(single) else float(data["drop"].max()), 1e-9)
-    low = min(float(data["drop"].min()), 0.0)
     base = alt.Chart().encode(
         x=alt.X("label:N", sort=list(dict.fromkeys(data.label)), title=None, axis=alt.Axis(labelAngle=-30)),
         y=alt.Y("group:N", sort=groups, title="Module group quantized alone",
@@ -270,7 +269,8 @@ def sensitivity_heatmap(sensitivity: pd.DataFrame) -> alt.FacetChart:
     )
     cells = base.mark_rect(stroke="white").encode(
         color=alt.Color("drop:Q", title="Top-1 drop (points)",
-                        scale=alt.Scale(scheme="redblue", reverse=True, domain=[low, high], domainMid=0, clamp=True)),
+                        # symmetric: a small gain (negative drop) is as pale as an equal loss, not full blue
+                        scale=alt.Scale(scheme="redblue", reverse=True, domain=[-high, high], clamp=True)),
         tooltip=["label:N", "group:N", "bits:N", alt.Tooltip("drop:Q", format=".2f"),
                  alt.Tooltip("drop_std:Q", format=".2f"), "seeds:Q"],
     )
