@@ -93,7 +93,8 @@ def test_study_config_arms_are_cumulative_and_valid(path):
     assert arms["baseline"]["distillation"] == config["distillation"]
     assert arms["kd_reg_module"]["distillation"] == arms["kd"]["distillation"] != config["distillation"]
     assert arms["kd_reg_module"]["quant"]["first_last_bits"] == 8 and arms["kd_reg_module"]["quant"]["quantize_attention"]
-    assert ablation_models(config) == list(config["models"])
+    assert ablation_models(config) == (config["ablation"]["models"] or list(config["models"]))
+    assert ablation_models({**config, "ablation": {**config["ablation"], "models": None}}) == list(config["models"])
 
 
 def test_an_arm_keeps_the_study_settings_it_does_not_override():
