@@ -1,12 +1,17 @@
+# Two layouts of the same Q/DQ export (qatstudy.qdq): model.onnx for onnxruntime on CPU (benchmarked by bench_cpu)
+# and model_trt.onnx, explicit INT8 quantization for TensorRT (built by trt_build). FP32 variants write the float
+# graph twice.
 rule export_onnx:
     input:
         data=SPLITS,
         checkpoint=f"{RUN}/{{variant}}/model.pt",
     output:
         onnx=f"{RUN}/{{variant}}/model.onnx",
+        trt_onnx=f"{RUN}/{{variant}}/model_trt.onnx",
         report=f"{RUN}/{{variant}}/onnx.json",
     params:
-        config_digest=variant_digest(),
+        calibration=canonical(config["calibration"]),
+        config_digest=variant_digest(calibration=config["calibration"]),
     threads: cpu_share(config["threads"]["eval"])
     log:
         "logs/export/{model}_seed{seed}_{variant}.log",

@@ -31,7 +31,7 @@ def per_batch(pattern):
 
 rule trt_build:
     input:
-        onnx=f"{RUN}/{{variant}}/model.onnx",
+        onnx=f"{RUN}/{{variant}}/model_trt.onnx",  # the explicit-quantization layout (rules/export.smk)
         metrics=f"{RUN}/{{variant}}/metrics.json",
     output:
         engine=f"{TRT_RUN}/b{{batch}}.engine",

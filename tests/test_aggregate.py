@@ -74,10 +74,12 @@ def make_runs(root: Path, seeds=(0, 1)) -> dict[str, list[str]]:
                          "latency_ms_p50": latency(model, w, b, seed), "latency_ms_p99": 1.5 * latency(model, w, b, seed),
                          "latency_ms_mean": 1.1 * latency(model, w, b, seed),
                          "throughput_ips": b * 1000 / (1.1 * latency(model, w, b, seed)),
-                         "model_bytes": onnx_bytes(model, w), "peak_mem_bytes": 3_000_000 + b * 1000}
+                         "model_bytes": onnx_bytes(model, w), "onnx_bytes": onnx_bytes(model, w),
+                         "peak_mem_bytes": 3_000_000 + b * 1000}
                         for b in BATCHES]
                 files["bench"].append(_write(folder / "bench_cpu.json", {**{k: identity[k] for k in (
-                    "model", "family", "method", "w_bits", "a_bits", "seed")}, "rows": rows}))
+                    "model", "family", "method", "w_bits", "a_bits", "seed")}, "packed_bytes": packed(model, w),
+                    "rows": rows}))
     return files
 
 
@@ -143,7 +145,8 @@ def test_bench_table(tables, runs):
     assert sorted(set(b.batch)) == list(BATCHES)
     for r in b.itertuples():
         assert r.latency_ms_p50 == latency(r.model, r.w_bits, r.batch, r.seed)
-        assert r.model_bytes == onnx_bytes(r.model, r.w_bits) and r.backend == "onnxruntime-cpu"
+        assert r.model_bytes == r.onnx_bytes == onnx_bytes(r.model, r.w_bits) and r.backend == "onnxruntime-cpu"
+        assert r.packed_bytes == packed(r.model, r.w_bits)  # the b-bit store next to the file
         assert r.family == MODELS[r.model][0]
     keys = list(zip(b.family, b.model, b.method, -b.w_bits, b.batch))
     assert keys == sorted(keys)

@@ -1,5 +1,5 @@
-"""scripts/bench_qat_step.py: the FP32-versus-QAT step timing runs on a tiny model and reports both.
-scripts/bench_planning.py: planning a grid, and a no-op run over its outputs, on a small grid (no timings checked)."""
+"""scripts/bench_qat_step.py, bench_ort_int8.py and bench_planning.py run on tiny models or grids and report what
+they measure (no timed assertions: timings on a shared machine prove nothing)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from qatstudy import quant
+from helpers import make_tiny_dataset
+from qatstudy import quant, stages
 from qatstudy.objectives import QATSettings
+from qatstudy.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +26,7 @@ def load_script(name: str):
 
 bench_qat_step = load_script("bench_qat_step")
 bench_planning = load_script("bench_planning")
+bench_ort_int8 = load_script("bench_ort_int8")
 
 torch.set_num_threads(1)
 
@@ -71,3 +74,44 @@ def test_planning_bench_finds_a_no_op_run_over_every_output(tmp_path):
     lines = bench_planning.report(result).splitlines()
     assert lines[0] == "grid: 3 models x 2 bit-widths x 1 seeds, 2 ablation arms"
     assert "nothing to be done" in lines[2] and lines[3].startswith("files changed by the no-op run: 0 of ")
+
+
+TINY_VIT = {"embed_dim": 16, "depth": 1, "num_heads": 2}
+
+
+def test_int8_benchmark_exports_times_and_scores_a_tiny_study(tmp_path):
+    data = str(make_tiny_dataset(tmp_path / "data"))
+    run = tmp_path / "runs" / "tiny" / "seed0"
+    settings = TrainSettings(epochs=1, batch_size=16, lr=1e-3, weight_decay=0.0)
+    identity = {"model": "tiny", "family": "vit", "arch": "vit_convstem_tiny", "kwargs": TINY_VIT}
+    stages.train_fp32(data=data, arch="vit_convstem_tiny", kwargs=TINY_VIT, identity=identity, settings=settings,
+                      seed=0, pretrained=False, checkpoint=str(run / "fp32/model.pt"),
+                      metrics=str(run / "fp32/metrics.json"), log=lambda _: None)
+    stages.qat(data=data, fp32_checkpoint=str(run / "fp32/model.pt"), scheme=quant.QuantScheme(4, 4),
+               identity=identity, settings=settings, calibration="minmax", calib_images=32, seed=0,
+               checkpoint=str(run / "qat_w4a4/model.pt"), metrics=str(run / "qat_w4a4/metrics.json"),
+               log=lambda _: None)
+    exported = bench_ort_int8.export_variants(run, ["fp32", "qat_w4a4"], tmp_path, data=data,
+                                              calibration={"images": 32, "method": "mse"})
+    assert exported["qat_w4a4"]["onnx"] == tmp_path / "qat_w4a4.onnx" and (tmp_path / "qat_w4a4_trt.onnx").exists()
+    rows = bench_ort_int8.compare(exported, batches=[1, 4], threads=1, warmup=1, rounds=2, iterations=1, data=data)
+    assert [(r["variant"], r["batch"]) for r in rows] == [("qat_w4a4", 1), ("qat_w4a4", 4)]
+    for r in rows:
+        assert r["fp32_ms"] > 0 and r["int8_ms"] > 0 and r["ratio"] == r["int8_ms"] / r["fp32_ms"] and r["cpu_ratio"] > 0
+        assert r["target"] == 0.85 and r["met"] == (r["ratio"] <= 0.85)
+        assert r["torch_top1"] == exported["qat_w4a4"]["metrics"]["test_top1"]
+        assert 0 <= r["onnx_top1"] <= 100 and r["top1_delta"] == r["onnx_top1"] - r["torch_top1"]
+        assert r["top1_met"] == (abs(r["top1_delta"]) <= 0.2)
+        assert r["ort_ops"].get("QGemm", 0) >= 3 and r["ort_ops"].get("QLinearConv", 0) >= 2
+    lines = bench_ort_int8.format_table(rows).splitlines()
+    assert len(lines) == 4 and "INT8/FP32" in lines[0]
+
+
+def test_int8_table_flags_missed_targets():
+    row = {"model": "resnet", "variant": "qat_w8a8", "batch": 64, "threads": 1, "fp32_ms": 10.0, "int8_ms": 7.0,
+           "ratio": 0.7, "cpu_ratio": 0.72, "target": 0.67, "met": False, "torch_top1": 91.0, "onnx_top1": 90.7,
+           "top1_delta": -0.3, "top1_met": False, "ort_ops": {"QLinearConv": 21}}
+    line = bench_ort_int8.format_table([row]).splitlines()[2]
+    assert "| 0.70x | 0.72x | <= 0.67x | MISSED | 91.00 | 90.70 | -0.30 | MISSED | 21 QLinearConv |" in line
+    met = bench_ort_int8.format_table([{**row, "ratio": 0.6, "met": True, "onnx_top1": None}]).splitlines()[2]
+    assert "| 0.60x | 0.72x | <= 0.67x | met |  |  |  |  | 21 QLinearConv |" in met

@@ -1,7 +1,9 @@
-"""ONNX export (FP32 and Q/DQ), weight-quantizer folding, deployed accuracy and the CPU benchmark.
+"""ONNX export (FP32 and Q/DQ), its two layouts, weight-quantizer folding, deployed accuracy and the CPU benchmark.
 
 Uses a tiny hand-built CNN (registered in timm's registry so checkpoints can name it) whose big
-Linear layer dominates the weights, trained for two epochs on a few dozen fake 28x28 images.
+Linear layer dominates the weights, trained for two epochs on a few dozen fake 28x28 images. The TensorRT layout
+(`model_trt.onnx`) keeps the reference export's Q/DQ placement, so the tests of that placement read it; the
+onnxruntime layout (`model.onnx`) is checked for what onnxruntime fuses and for agreement with PyTorch.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from timm.models import register_model
 from torch import nn
 
-from qatstudy import bench, export, quant, stages, train
+from qatstudy import bench, export, quant, runtime, stages, train
 from helpers import make_tiny_dataset
 
 torch.set_num_threads(1)
@@ -74,10 +76,11 @@ def art(tmp_path_factory):
         (root / tag).mkdir()
         out["ckpt"][tag] = _quantized_checkpoint(out["ckpt"]["fp32"], quant.QuantScheme.from_tag(tag), splits,
                                                  root / tag / "model.pt")
-    out["onnx"], out["report"] = {}, {}
+    out["onnx"], out["trt"], out["report"] = {}, {}, {}
     for variant, ckpt in out["ckpt"].items():
-        out["onnx"][variant] = ckpt.with_suffix(".onnx")
-        out["report"][variant] = export.export_onnx(ckpt, out["onnx"][variant])
+        out["onnx"][variant], out["trt"][variant] = ckpt.with_suffix(".onnx"), ckpt.with_name("model_trt.onnx")
+        out["report"][variant] = export.export_onnx(ckpt, out["onnx"][variant], out["trt"][variant], data=data,
+                                                    calib_images=64)
     return out
 
 
@@ -138,11 +141,12 @@ def test_fp32_export_matches_torch(art):
 
 # ---------------------------------------------------------------------------------------------
 # 2. quantized export: Q/DQ graph, int8 weights, size, and equality with fake quantization
+#    (the TensorRT layout keeps the reference export's placement: Q/DQ where training quantized)
 
 
 @pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
 def test_quantized_export_graph(art, tag):
-    path, report = art["onnx"][tag], art["report"][tag]
+    path, report = art["trt"][tag], art["report"][tag]
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     producers = _producers(model)
@@ -170,29 +174,56 @@ def test_quantized_export_graph(art, tag):
     assert report["quantize_nodes_exported"] == 2 * QUANT_LAYERS
     # onnxsim keeps Q/DQ (folding is ours, after simplification)
     assert report["quantize_nodes_simplified"] == report["quantize_nodes_exported"]
-    # no float copy of any weight is left in the file
-    float_shapes = {tuple(i.dims) for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
-    assert not float_shapes & WEIGHT_SHAPES
-    assert report["onnx_bytes"] == path.stat().st_size
+    # no float copy of any weight is left in either file
+    for layout in (model, onnx.load(str(art["onnx"][tag]))):
+        float_shapes = {tuple(i.dims) for i in layout.graph.initializer if i.data_type == TensorProto.FLOAT}
+        assert not float_shapes & WEIGHT_SHAPES
+    assert report["trt_onnx_bytes"] == path.stat().st_size and report["onnx_bytes"] == art["onnx"][tag].stat().st_size
     # int8 weights: about a quarter of the FP32 file for a weight-dominated model
-    assert path.stat().st_size < 0.4 * art["onnx"]["fp32"].stat().st_size
+    for file in (path, art["onnx"][tag]):
+        assert file.stat().st_size < 0.4 * art["onnx"]["fp32"].stat().st_size
+    # next to the files: what a b-bit store takes, far less at 4 bits
+    torch_model, _ = stages.load_checkpoint(art["ckpt"][tag])
+    assert report["packed_bytes"] == quant.model_size_bytes(torch_model)["packed_bytes"]
+    assert report["packed_bytes"] < (0.6 if tag == "w4a4" else 1.1) * report["onnx_bytes"]
 
 
-@pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
-def test_quantized_export_matches_fake_quant(art, tag):
+def test_trt_layout_matches_fake_quant_below_8_bits(art):
     x = art["splits"].x["test"]
-    expected = _torch_logits(art["ckpt"][tag], x)  # training-time fake quantization, not export mode
-    actual = _ort(art["onnx"][tag]).run(None, {"input": x.numpy()})[0]
+    expected = _torch_logits(art["ckpt"]["w4a4"], x)  # training-time fake quantization, not export mode
+    actual = _ort(art["trt"]["w4a4"]).run(None, {"input": x.numpy()})[0]
     np.testing.assert_array_equal(actual.argmax(1), expected.argmax(1))
     assert np.abs(actual - expected).max() <= 1e-3 * np.abs(expected).max()
-    assert art["report"][tag]["argmax_agreement_vs_torch"] == 1.0
+    assert art["report"]["w4a4"]["trt_argmax_agreement_vs_torch"] == 1.0
+    assert art["report"]["w4a4"]["trt_layout"] == {"unsigned_to_int8": 3, "unsigned_8bit_halved": 0}
     fp32 = _torch_logits(art["ckpt"]["fp32"], x)
     assert np.abs(expected - fp32).max() > 1e-3  # the comparison is with the quantized model, not the float one
 
 
+def test_trt_layout_halves_the_step_of_unsigned_8_bit_activations(art):
+    """int8 with zero point 0 holds 0..127: an unsigned 8-bit activation (0..255 steps) keeps its range at twice
+    its step, the one place the TensorRT layout is not the trained model."""
+    model = onnx.load(str(art["trt"]["w8a8"]))
+    values = _constant_values(model)
+    torch_model, _ = stages.load_checkpoint(art["ckpt"]["w8a8"])
+    steps = [(float(m.input_quantizer.step.detach().abs()), m.input_quantizer.signed)
+             for _, m in quant.quant_modules(torch_model)]
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(values[n.input[2]].dtype == np.int8 and int(values[n.input[2]]) == 0 for n in quantize)
+    scales = [float(values[n.input[1]]) for n in quantize]
+    assert [np.isclose(scale, step, rtol=1e-6) for scale, (step, _) in zip(scales, steps)] == [True, False, False, False]
+    assert [np.isclose(scale, 2 * step, rtol=1e-6) and not signed for scale, (step, signed) in zip(scales, steps)] == \
+        [False, True, True, True]
+    assert art["report"]["w8a8"]["trt_layout"] == {"unsigned_to_int8": 3, "unsigned_8bit_halved": 3}
+    x = art["splits"].x["test"]
+    expected = _torch_logits(art["ckpt"]["w8a8"], x)
+    actual = _ort(model).run(None, {"input": x.numpy()})[0]
+    assert 0 < np.abs(actual - expected).max() <= 0.1 * np.abs(expected).max()
+
+
 @pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
 def test_folded_weights_times_scale_equal_torch_quantized_weights(art, tag):
-    model = onnx.load(str(art["onnx"][tag]))
+    model = onnx.load(str(art["trt"][tag]))
     values = _constant_values(model)
     torch_model, _ = stages.load_checkpoint(art["ckpt"][tag])
     by_shape = {tuple(m.weight.shape): m for _, m in quant.quant_modules(torch_model)}
@@ -217,7 +248,7 @@ def test_folded_weights_times_scale_equal_torch_quantized_weights(art, tag):
 
 
 def test_w4a4_int8_weights_stay_in_4_bit_range(art):
-    model = onnx.load(str(art["onnx"]["w4a4"]))
+    model = onnx.load(str(art["trt"]["w4a4"]))
     ints = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == TensorProto.INT8
             and tuple(i.dims) in WEIGHT_SHAPES]
     assert len(ints) == QUANT_LAYERS
@@ -226,13 +257,15 @@ def test_w4a4_int8_weights_stay_in_4_bit_range(art):
     allq = np.concatenate([q.ravel() for q in ints])
     assert allq.min() == -8 or allq.max() == 7  # the 4-bit range is used, not a narrower one
     # the same model at 8 bits uses the wider range: the test can tell them apart
-    ints8 = [numpy_helper.to_array(i) for i in onnx.load(str(art["onnx"]["w8a8"])).graph.initializer
+    ints8 = [numpy_helper.to_array(i) for i in onnx.load(str(art["trt"]["w8a8"])).graph.initializer
              if i.data_type == TensorProto.INT8 and tuple(i.dims) in WEIGHT_SHAPES]
     assert max(int(np.abs(q).max()) for q in ints8) > 8
 
 
 def test_w4a4_activation_quantizers_clip_to_4_bits(art):
-    model = onnx.load(str(art["onnx"]["w4a4"]))
+    """In the TensorRT layout every activation is int8 with zero point 0; the clamp in front keeps 4 bits:
+    [-8, 7] steps where signed, [0, 15] where unsigned (exact in int8 up to 7 bits)."""
+    model = onnx.load(str(art["trt"]["w4a4"]))
     values = _constant_values(model)
     producers = _producers(model)
     quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
@@ -243,12 +276,11 @@ def test_w4a4_activation_quantizers_clip_to_4_bits(art):
         clip = producers[node.input[0]]
         assert clip.op_type == "Clip"
         lo, hi = float(values[clip.input[1]]), float(values[clip.input[2]])
-        assert int(zero) == 0
-        if zero.dtype == np.uint8:
+        assert zero.dtype == np.int8 and int(zero) == 0
+        if lo == 0.0:
             unsigned.append(node)
-            assert lo == 0.0 and hi / float(scale) == pytest.approx(15, rel=1e-6)
+            assert hi / float(scale) == pytest.approx(15, rel=1e-6)
         else:
-            assert zero.dtype == np.int8
             assert lo / float(scale) == pytest.approx(-8, rel=1e-6) and hi / float(scale) == pytest.approx(7, rel=1e-6)
     # the three post-ReLU inputs are unsigned; the first layer sees normalised (signed) pixels
     assert len(unsigned) == 3
@@ -256,15 +288,71 @@ def test_w4a4_activation_quantizers_clip_to_4_bits(art):
     # run with large inputs: the integers never leave the 4-bit range, and saturate at its ends
     probe = copy.deepcopy(model)
     for node in quantize:
-        elem = TensorProto.UINT8 if node in unsigned else TensorProto.INT8
-        probe.graph.output.append(helper.make_tensor_value_info(node.output[0], elem, None))
+        probe.graph.output.append(helper.make_tensor_value_info(node.output[0], TensorProto.INT8, None))
     x = 20 * art["splits"].x["test"][:8].numpy()
     outs = _ort(probe).run(None, {"input": x})[1:]
     for node, q in zip(quantize, outs):
-        if node in unsigned:
-            assert q.dtype == np.uint8 and q.max() == 15 and q.min() == 0
-        else:
-            assert q.dtype == np.int8 and q.max() == 7 and q.min() == -8
+        assert q.dtype == np.int8
+        assert (q.min(), q.max()) == ((0, 15) if node in unsigned else (-8, 7))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3b. the onnxruntime layout: what onnxruntime runs, and how close it stays to PyTorch
+
+
+@pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
+def test_onnxruntime_fuses_every_quantized_layer(art, tag):
+    """After onnxruntime's own optimizations (the graph it runs) every conv is a QLinearConv and every linear layer
+    a QGemm: no float Conv, Gemm or MatMul and no weight DequantizeLinear left. The reference placement, which
+    the TensorRT layout keeps, leaves them all in float."""
+    fused = runtime.optimized_op_counts(art["onnx"][tag])
+    assert fused.get("QLinearConv") == 2 and fused.get("QGemm") == 2
+    assert not set(fused) & {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "BatchNormalization"}
+    assert art["report"][tag]["ort_ops"] == {"QGemm": 2, "QLinearConv": 2}
+    unfused = runtime.optimized_op_counts(art["trt"][tag])
+    assert unfused.get("QLinearConv", 0) == 0 and unfused.get("Conv", 0) + unfused.get("FusedConv", 0) == 2
+    layout = art["report"][tag]["layout"]
+    assert layout["bn_folded"] == 1 and layout["biases_int32"] == QUANT_LAYERS
+    # conv1 -> BN -> ReLU -> conv2's own input quantizer moves up (exact); conv2 -> ReLU -> Flatten needs a new one
+    assert (layout["outputs_reused"], layout["outputs_calibrated"]) == (1, 1)
+
+
+def _dequantized_inputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The dequantized activation entering each Conv / Gemm, by layer position."""
+    model = onnx.load(str(path))
+    producers = _producers(model)
+    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    names = [n.input[0] for n in layers]
+    assert all(producers[name].op_type == "DequantizeLinear" for name in names)
+    probe = copy.deepcopy(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names)
+    return dict(enumerate(_ort(probe).run(names, {"input": x})))
+
+
+@pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
+def test_onnxruntime_layout_keeps_the_trained_quantizers(art, tag):
+    """Where the CPU layout only rewrites (BN folded into conv1's weight steps, signed input into uint8 with zero
+    point 8 or 128, conv2's input quantizer moved onto conv1's output with the ReLU and the 4-bit clamp as an
+    integer Clip), the values entering conv1 and conv2 are the reference graph's (the TensorRT layout at 4 bits);
+    the new quantizer on conv2's output changes fc1's input only slightly."""
+    x = art["splits"].x["test"].numpy()
+    cpu, reference = _dequantized_inputs(art["onnx"][tag], x), _dequantized_inputs(art["trt"][tag], x)
+    np.testing.assert_array_equal(cpu[0], reference[0])
+    if tag == "w4a4":
+        step = np.diff(np.unique(reference[1])).min()
+        assert (cpu[1] == reference[1]).mean() > 0.999 and np.abs(cpu[1] - reference[1]).max() <= step * 1.0001
+    assert np.abs(cpu[2] - reference[2]).mean() < 0.05 * np.abs(reference[2]).mean()
+
+
+@pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
+def test_onnxruntime_layout_predicts_as_pytorch(art, tag):
+    report = art["report"][tag]
+    assert report["argmax_agreement_vs_torch"] >= 0.95
+    assert report["check_top1"] >= report["check_torch_top1"] - 10.0
+    x = art["splits"].x["test"]
+    expected = _torch_logits(art["ckpt"][tag], x)
+    actual = runtime.session(art["onnx"][tag]).run(None, {"input": x.numpy()})[0]  # fused kernels, as deployed
+    assert (actual.argmax(1) == expected.argmax(1)).mean() >= 0.95
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,9 +465,41 @@ def test_broken_export_raises_and_writes_nothing(art, tmp_path, monkeypatch):
             return [out[0] + 1000.0, *out[1:]]
 
     monkeypatch.setattr(export, "session", lambda *a, **k: Shifted(real_session(*a, **k)))
-    out = tmp_path / "model.onnx"
     with pytest.raises(RuntimeError, match="differs"):
-        export.export_onnx(art["ckpt"]["w8a8"], out)
+        export.export_onnx(art["ckpt"]["w8a8"], tmp_path / "model.onnx", tmp_path / "model_trt.onnx", data=art["data"],
+                           calib_images=16)
+    assert os.listdir(tmp_path) == []
+
+
+def _drop_first_qdq_pair(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its first activation QuantizeLinear and the DequantizeLinear after it bypassed."""
+    model = copy.deepcopy(model)
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])
+    for node in model.graph.node:
+        node.input[:] = [q.input[0] if name == dq.output[0] else name for name in node.input]
+    model.graph.node.remove(q)
+    model.graph.node.remove(dq)
+    return model
+
+
+@pytest.mark.parametrize("damage", ["qdq", "outputs"])
+def test_simplification_that_changes_qdq_or_outputs_is_refused(art, tmp_path, monkeypatch, damage):
+    real_simplify = export.onnxsim.simplify
+
+    def damaged(model, *args, **kwargs):
+        simplified, ok = real_simplify(model, *args, **kwargs)
+        if damage == "qdq":
+            return _drop_first_qdq_pair(simplified), ok
+        logits = next(n for n in simplified.graph.node if "logits" in n.output)
+        logits.output[0] = "unscaled"
+        simplified.graph.node.append(helper.make_node("Mul", ["unscaled", "unscaled"], ["logits"]))
+        return simplified, ok
+
+    monkeypatch.setattr(export.onnxsim, "simplify", damaged)
+    with pytest.raises(RuntimeError, match="changed the Q/DQ nodes" if damage == "qdq" else "changed the outputs"):
+        export.export_onnx(art["ckpt"]["w4a4"], tmp_path / "model.onnx", tmp_path / "model_trt.onnx",
+                           data=art["data"], calib_images=16)
     assert os.listdir(tmp_path) == []
 
 
@@ -395,7 +515,7 @@ def test_benchmark_rows(art):
         assert r["latency_ms_p50"] > 0 and r["latency_ms_mean"] > 0
         assert r["latency_ms_p99"] >= r["latency_ms_p50"]
         assert r["throughput_ips"] == pytest.approx(r["batch"] * 1000.0 / r["latency_ms_mean"], rel=1e-9)
-        assert r["model_bytes"] == path.stat().st_size
+        assert r["model_bytes"] == r["onnx_bytes"] == path.stat().st_size
         assert isinstance(r["peak_mem_bytes"], int) and r["peak_mem_bytes"] >= 0
         assert r["threads"] == 1 and r["iterations"] == 5 and r["backend"] == "onnxruntime-cpu"
 

@@ -114,12 +114,13 @@ def test_export_times_and_bench_row():
     assert len(times) == 5 and times[4]["latencyMs"] == pytest.approx(0.52)
     power = {"power_w": 10.5, "power_rails": ["VDD_GPU_SOC"], "rail_mean_mw": {}, "power_samples": 9,
              "power_window": "timed run"}
-    row = trt.bench_row(report, times, power, batch=4, engine_bytes=1000, precision="int8+fp16")
+    row = trt.bench_row(report, times, power, batch=4, engine_bytes=1000, onnx_bytes=3000, precision="int8+fp16")
     assert row["backend"] == "tensorrt" and row["batch"] == 4 and row["iterations"] == 5
     assert row["latency_ms_p50"] == pytest.approx(0.46)
     assert row["latency_ms_p99"] == pytest.approx(np.percentile([0.45, 0.46, 0.47, 0.44, 0.52], 99))
     assert row["throughput_ips"] == pytest.approx(2150.37 * 4)  # trtexec counts queries of 4 images
     assert row["peak_mem_bytes"] == 1000 + round(0.192383 * 2**20)
+    assert (row["model_bytes"], row["onnx_bytes"]) == (1000, 3000)  # the engine, and the ONNX file it came from
     assert row["energy_mj_per_image"] == pytest.approx(10.5 / (2150.37 * 4) * 1000)
     json.dumps(row)  # what the bench JSON holds must serialise
     with pytest.raises(ValueError, match="exportTimes"):
@@ -258,7 +259,8 @@ def stand_in_job(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PATH", f"{STAND_INS}:{Path(sys.executable).parent}:/usr/bin:/bin")
     tiny_qdq_model(tmp_path / "model.onnx")
     (tmp_path / "metrics.json").write_text(json.dumps({"model": "m", "family": "cnn", "method": "qat", "w_bits": 8,
-                                                       "a_bits": 8, "seed": 0, "input_shape": [1, 4, 4]}))
+                                                       "a_bits": 8, "seed": 0, "input_shape": [1, 4, 4],
+                                                       "packed_bytes": 123}))
     return tmp_path
 
 
@@ -279,6 +281,7 @@ def test_build_and_benchmark_locally_with_the_stand_in(stand_in_job):
     assert record["device"]["power_mode"] == {"name": "MAXN", "id": 0}  # the nvpmodel stand-in
     assert any("stand-in trtexec" in w for w in record["warnings"]) and record["layer_precisions"] == {"int8": 1}
     assert record["engine_bytes"] == (out / "b2.engine").stat().st_size
+    assert record["onnx_bytes"] == (stand_in_job / "model.onnx").stat().st_size
     settings = {**BENCH, "warmup_ms": 50, "duration_s": 1, "iterations": 5, "power_interval_ms": 50}
     benchmark_engines(engines=[str(out / "b2.engine")], records=[str(out / "b2.build.json")],
                       metrics=str(stand_in_job / "metrics.json"), result=str(stand_in_job / "bench_trt.json"),
@@ -286,7 +289,9 @@ def test_build_and_benchmark_locally_with_the_stand_in(stand_in_job):
                       trt_config={"transport": "local", "expected_version": None}, log=lambda _: None)
     result = json.loads((stand_in_job / "bench_trt.json").read_text())
     assert result["method"] == "qat" and result["device"]["trt_version"] == "10.3.0"
+    assert result["packed_bytes"] == 123
     [row] = result["rows"]
+    assert row["onnx_bytes"] == record["onnx_bytes"] and row["model_bytes"] == record["engine_bytes"]
     assert row["backend"] == "tensorrt" and row["batch"] == 2 and row["latency_ms_p99"] >= row["latency_ms_p50"] > 0
     assert row["iterations"] >= 5 and row["throughput_ips"] > 0
     assert row["power_w"] == pytest.approx(7.8)  # the tegrastats stand-in's rails: 4000 + 800 + 3000 mW

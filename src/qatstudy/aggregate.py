@@ -13,9 +13,12 @@ from .provenance import PROVENANCE_COLUMNS, provenance_columns
 
 ACCURACY_COLUMNS = ["model", "family", "arch", "method", "w_bits", "a_bits", "seed", "top1", "val_top1",
                     "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", *PROVENANCE_COLUMNS]
+# what a bench JSON (bench_cpu.json, bench_trt.json) says of the run, besides its rows: the model and the bytes a
+# b-bit weight store takes (packed_bytes, from the run's metrics)
+BENCH_IDENTITY = ("model", "family", "method", "w_bits", "a_bits", "seed", "packed_bytes")
 BENCH_COLUMNS = ["model", "family", "method", "w_bits", "a_bits", "seed", "backend", "batch", "threads",
                  "latency_ms_p50", "latency_ms_p99", "latency_ms_mean", "throughput_ips", "model_bytes",
-                 "peak_mem_bytes", *PROVENANCE_COLUMNS]
+                 "onnx_bytes", "packed_bytes", "peak_mem_bytes", *PROVENANCE_COLUMNS]
 
 
 def _variant_dir(path: str | Path) -> Path:
@@ -42,8 +45,7 @@ def bench_table(bench_files: list[str]) -> pd.DataFrame:
     rows = []
     for f in bench_files:
         b = read_json(f)
-        rows += [{**{k: b[k] for k in ("model", "family", "method", "w_bits", "a_bits", "seed")}, **row,
-                  **provenance_columns(b)} for row in b["rows"]]
+        rows += [{**{k: b[k] for k in BENCH_IDENTITY}, **row, **provenance_columns(b)} for row in b["rows"]]
     frame = pd.DataFrame(rows, columns=BENCH_COLUMNS)
     return frame.sort_values(["family", "model", "method", "w_bits", "batch"], ascending=[True, True, True, False, True],
                              ignore_index=True)

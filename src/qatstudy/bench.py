@@ -1,4 +1,5 @@
-"""Local deployment benchmark: onnxruntime on CPU, latency percentiles, throughput and memory.
+"""Local deployment benchmark: onnxruntime on CPU, latency percentiles, throughput and memory; and side-by-side
+latency of several models, for ratios.
 
 Imports neither torch nor timm, so the process's memory is the runtime's and the model's.
 """
@@ -41,7 +42,9 @@ def _peak_rss_bytes() -> int:
 
 def benchmark_onnx(onnx_path: str | Path, input_shape: tuple[int, ...], batch_sizes: list[int], *, threads: int,
                    warmup: int, iterations: int, seed: int = 0) -> list[dict]:
-    """One row per batch size. Peak memory: the process's peak RSS above its RSS before loading the model."""
+    """One row per batch size. Peak memory: the process's peak RSS above its RSS before loading the model.
+    `model_bytes` is what the runtime loads and `onnx_bytes` the ONNX file: the same file here, not for TensorRT
+    (an engine built from an ONNX file)."""
     _reset_peak_rss()
     try:
         baseline = _status_bytes("VmRSS")
@@ -65,6 +68,32 @@ def benchmark_onnx(onnx_path: str | Path, input_shape: tuple[int, ...], batch_si
                      "latency_ms_p99": float(np.percentile(times_ms, 99)),
                      "latency_ms_mean": float(times_ms.mean()),
                      "throughput_ips": float(batch * 1000.0 / times_ms.mean()),
-                     "model_bytes": Path(onnx_path).stat().st_size,
+                     "model_bytes": Path(onnx_path).stat().st_size, "onnx_bytes": Path(onnx_path).stat().st_size,
                      "peak_mem_bytes": _peak_rss_bytes() - baseline})
     return rows
+
+
+def interleaved_latency(onnx_paths: dict[str, str | Path], input_shape: tuple[int, ...], batch: int, *, threads: int,
+                        warmup: int, rounds: int, iterations: int, seed: int = 0) -> dict[str, dict]:
+    """Median latency of several models timed in turns on the same batch, for ratios between them.
+
+    Each of `rounds` rounds runs every model `iterations` times, so load from other processes falls on all of
+    them alike. Per model: the p50 wall-clock milliseconds, and the p50 CPU milliseconds of this process (all its
+    threads), which other processes' load inflates far less than wall-clock time."""
+    sessions = {name: session(path, threads) for name, path in onnx_paths.items()}
+    x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
+    for sess in sessions.values():
+        for _ in range(warmup):
+            sess.run(None, {"input": x})
+    wall = {name: [] for name in sessions}
+    cpu = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            for _ in range(iterations):
+                start_wall, start_cpu = time.perf_counter(), time.process_time()
+                sess.run(None, {"input": x})
+                wall[name].append(time.perf_counter() - start_wall)
+                cpu[name].append(time.process_time() - start_cpu)
+    return {name: {"batch": batch, "threads": threads, "runs": len(wall[name]),
+                   "wall_ms_p50": 1000.0 * float(np.median(wall[name])),
+                   "cpu_ms_p50": 1000.0 * float(np.median(cpu[name]))} for name in sessions}

@@ -95,13 +95,18 @@ def _quantized_from_fp32(fp32_checkpoint: str, scheme: quant.QuantScheme, splits
     return model, ckpt
 
 
+def calibration_batches(splits: Splits, *, images: int, batch_size: int, seed: int):
+    """Batches of `images` seeded-random training images, the data every calibration sees."""
+    generator = torch.Generator().manual_seed(seed)
+    return (xb for xb, _ in iterate_batches(splits.x["train"], splits.y["train"], batch_size, shuffle=True,
+                                            generator=generator, limit=images))
+
+
 def calibrate_on_training_split(model: nn.Module, splits: Splits, *, method: str, images: int, batch_size: int,
                                 seed: int) -> None:
     """Initialise every quantizer's step size from `images` seeded-random training images."""
-    generator = torch.Generator().manual_seed(seed)
-    batches = (xb for xb, _ in iterate_batches(splits.x["train"], splits.y["train"], batch_size, shuffle=True,
-                                               generator=generator, limit=images))
-    quant.calibrate(model, batches, method=method, seed=seed)
+    quant.calibrate(model, calibration_batches(splits, images=images, batch_size=batch_size, seed=seed),
+                    method=method, seed=seed)
 
 
 def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, calibration: str,

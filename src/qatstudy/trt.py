@@ -399,12 +399,13 @@ def layer_precisions(layer_info: str) -> dict[str, int]:
 
 
 def bench_row(report: dict, times: list[dict], power: dict | None, *, batch: int, engine_bytes: int,
-              precision: str) -> dict:
+              onnx_bytes: int, precision: str) -> dict:
     """One bench.csv row (the columns bench_cpu writes, backend 'tensorrt') plus TensorRT's own measures.
 
     Latency is per query of `batch` images, from --exportTimes (trtexec's latency: host-to-device copy, GPU
     compute, device-to-host copy; no copies with --noDataTransfers). Throughput is trtexec's queries per second
-    times the batch. Memory is on the device: the engine plus its execution context's scratch memory. Energy per
+    times the batch. The model is the engine, built from an ONNX file of `onnx_bytes`. Memory is on the device: the
+    engine plus its execution context's scratch memory. Energy per
     image is the mean power during the timed run over the images per second."""
     latency = np.asarray([t["latencyMs"] for t in times], dtype=float)
     compute = np.asarray([t["computeMs"] for t in times], dtype=float)
@@ -413,7 +414,7 @@ def bench_row(report: dict, times: list[dict], power: dict | None, *, batch: int
     row = {"backend": "tensorrt", "batch": batch, "threads": None, "iterations": len(times),
            "latency_ms_p50": float(np.percentile(latency, 50)), "latency_ms_p99": float(np.percentile(latency, 99)),
            "latency_ms_mean": float(latency.mean()), "throughput_ips": throughput_ips,
-           "model_bytes": engine_bytes, "peak_mem_bytes": engine_bytes + context_bytes,
+           "model_bytes": engine_bytes, "onnx_bytes": onnx_bytes, "peak_mem_bytes": engine_bytes + context_bytes,
            "gpu_compute_ms_p50": float(np.percentile(compute, 50)),
            "gpu_compute_ms_p99": float(np.percentile(compute, 99)), "precision": precision,
            "context_device_bytes": context_bytes, "trtexec_summary": {k: report[k] for k in (

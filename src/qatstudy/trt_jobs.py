@@ -12,11 +12,10 @@ import tarfile
 from pathlib import Path
 
 from . import trt
+from .aggregate import BENCH_IDENTITY
 from .io import atomic_path, read_json, write_json
 from .provenance import with_tensorrt
 from .remote import Transport, pack, unpack
-
-IDENTITY = ("model", "family", "method", "w_bits", "a_bits", "seed")
 
 
 class TrtexecFailed(RuntimeError):
@@ -71,11 +70,12 @@ def build_engine(*, onnx: str, metrics: str, engine: str, record: str, layers: s
     report, files = run_trtexec(transport, args, {trt.ONNX_FILE: Path(onnx).read_bytes()},
                                 [trt.ENGINE_FILE, trt.LAYERS_FILE], log=log)
     layer_info = files[trt.LAYERS_FILE].decode(errors="replace")
-    build = {**{k: identity[k] for k in IDENTITY}, "batch": batch, "input_shape": identity["input_shape"],
+    build = {**{k: identity[k] for k in BENCH_IDENTITY}, "batch": batch, "input_shape": identity["input_shape"],
              "precision": trt.precision_label(settings, quantized), "trtexec_args": args, "device": device,
              "trt_version": report.get("trt_version"), "device_name": report.get("device_name"),
              "compute_capability": report.get("compute_capability"), "build_s": report.get("build_s"),
-             "engine_bytes": len(files[trt.ENGINE_FILE]), "layer_precisions": trt.layer_precisions(layer_info),
+             "engine_bytes": len(files[trt.ENGINE_FILE]), "onnx_bytes": Path(onnx).stat().st_size,
+             "layer_precisions": trt.layer_precisions(layer_info),
              "warnings": report["warnings"],
              "provenance": with_tensorrt(provenance, device["trt_version"])}
     with atomic_path(engine) as tmp:
@@ -120,12 +120,12 @@ def benchmark_engines(*, engines: list[str], records: list[str], metrics: str, r
         power = trt.power_summary(samples, trt.timed_window(report, settings["warmup_ms"]), settings["power_rails"])
         times = trt.parse_export_times(files[trt.TIMES_FILE].decode())
         row = trt.bench_row(report, times, power, batch=build["batch"], engine_bytes=build["engine_bytes"],
-                            precision=build["precision"])
+                            onnx_bytes=build["onnx_bytes"], precision=build["precision"])
         log(str(row))
         rows.append(row)
         layer_profiles.append(files[trt.PROFILE_FILE])
     for path, data in zip(profiles, layer_profiles):
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
-    write_json(result, {**{k: identity[k] for k in IDENTITY}, "device": device, "rows": rows,
+    write_json(result, {**{k: identity[k] for k in BENCH_IDENTITY}, "device": device, "rows": rows,
                         "provenance": with_tensorrt(provenance, device["trt_version"])})
