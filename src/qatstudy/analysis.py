@@ -35,12 +35,11 @@ import torch
 from torch import nn
 
 from . import quant
-from .batches import Splits, iterate_batches
+from .batches import Splits
 from .io import read_json, write_json
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
-from .stages import calibrate_on_training_split, load_checkpoint
-from .train import training_device
-from .train import evaluate
+from .stages import calibrate_on_training_split, calibration_batches, load_checkpoint
+from .train import evaluate, training_device
 
 # groups in data-flow order; `stage` stands for stage1, stage2, ...
 _GROUP_ORDER = ("stem", "stage", "qkv", "attention_map", "attn_proj", "fc1", "fc2", "patch_merging", "other", "head")
@@ -214,11 +213,13 @@ def variation(model: nn.Module, images: torch.Tensor) -> list[dict]:
     return list(rows.values())
 
 
-def _fp32_model(checkpoint: str) -> nn.Module:
+def _fp32_model_and_splits(checkpoint: str, data: str) -> tuple[nn.Module, Splits]:
+    """The FP32 model of `checkpoint` and the splits of `data`, both on the training device."""
     model, ckpt = load_checkpoint(checkpoint)
     if ckpt["scheme"] is not None:
         raise ValueError(f"{checkpoint} is a quantized checkpoint; the analysis starts from the FP32 model")
-    return model
+    device = training_device()
+    return model.to(device), Splits(data, device)
 
 
 def analyse_sensitivity(*, data: str, fp32_checkpoint: str, identity: dict, seed: int, bits: list[int],
@@ -226,9 +227,7 @@ def analyse_sensitivity(*, data: str, fp32_checkpoint: str, identity: dict, seed
                         test_images: int, output: str, provenance: dict | None = None, log=print) -> dict:
     """The sensitivity of one FP32 run, written as JSON (rows plus the group -> layers map)."""
     start = time.perf_counter()
-    device = training_device()
-    model = _fp32_model(fp32_checkpoint).to(device)
-    splits = Splits(data, device)
+    model, splits = _fp32_model_and_splits(fp32_checkpoint, data)
     rows = sensitivity(model, splits, bits=bits, groups=groups, quant_options=quant_options, calibration=calibration,
                        calib_images=calib_images, test_images=test_images, seed=seed, log=log)
     record = {**identity, "seed": seed, "test_images": min(test_images, len(splits.y["test"])),
@@ -242,12 +241,8 @@ def analyse_variation(*, data: str, fp32_checkpoint: str, identity: dict, seed: 
                       provenance: dict | None = None, log=print) -> dict:
     """The variation statistics of one FP32 run on `images` seeded-random training images, as JSON."""
     start = time.perf_counter()
-    device = training_device()
-    model = _fp32_model(fp32_checkpoint).to(device)
-    splits = Splits(data, device)
-    generator = torch.Generator().manual_seed(seed)
-    xb, _ = next(iterate_batches(splits.x["train"], splits.y["train"], images, shuffle=True, generator=generator,
-                                 limit=images))
+    model, splits = _fp32_model_and_splits(fp32_checkpoint, data)
+    xb = next(calibration_batches(splits, images=images, batch_size=images, seed=seed))
     rows = variation(model, xb)
     record = {**identity, "seed": seed, "images": len(xb), "rows": rows, "time_s": time.perf_counter() - start,
               "provenance": provenance}

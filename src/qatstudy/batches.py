@@ -23,6 +23,10 @@ class Splits:
         return (torch.from_numpy(x).float().div_(255.0) - self.mean) / self.std
 
     @property
+    def device(self) -> torch.device:
+        return self.x["train"].device
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x["train"].shape[1:])
 

@@ -89,7 +89,7 @@ def _quantized_from_fp32(fp32_checkpoint: str, scheme: quant.QuantScheme, splits
     model = build(ckpt["arch"], ckpt["kwargs"], num_classes=ckpt["num_classes"], in_chans=ckpt["image_shape"][0],
                   scheme=scheme)
     model.load_state_dict(fp32.state_dict(), strict=False)  # quantizer steps are set by calibration
-    model.to(splits.x["train"].device)
+    model.to(splits.device)
     calibrate_on_training_split(model, splits, method=calibration, images=calib_images, batch_size=batch_size,
                                 seed=seed)
     return model, ckpt
@@ -132,7 +132,7 @@ def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
     splits = Splits(data, training_device())
     model, ckpt = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
                                        calib_images=calib_images, batch_size=settings.batch_size, seed=seed)
-    teacher = load_checkpoint(fp32_checkpoint)[0].to(splits.x["train"].device) if objective.distill_weight > 0 else None
+    teacher = load_checkpoint(fp32_checkpoint)[0].to(splits.device) if objective.distill_weight > 0 else None
     # Batch-norm statistics stay frozen at their FP32 values during the short fine-tune: the
     # deployed graph then computes exactly what was trained (see README, "Batch norm").
     freeze_batchnorm(model)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .batches import Splits, augment, iterate_batches
 from .io import atomic_path
-from .quant import LSQQuantizer
+from .quant import quantizers
 from .settings import TrainSettings
 
 
@@ -53,9 +53,8 @@ def param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
     """
     no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()  # as timm's optimizer factory
     by_qmax = collections.defaultdict(list)
-    for module in model.modules():
-        if isinstance(module, LSQQuantizer):
-            by_qmax[module.qmax].extend(module.parameters(recurse=False))
+    for _, quantizer in quantizers(model):
+        by_qmax[quantizer.qmax].extend(quantizer.parameters(recurse=False))
     quantizer_ids = {id(p) for params in by_qmax.values() for p in params}
     groups = [{**group, "params": [p for p in group["params"] if id(p) not in quantizer_ids]}
               for group in timm.optim.param_groups_weight_decay(model, settings.weight_decay, no_weight_decay_list=no_decay)]
