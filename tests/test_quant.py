@@ -22,6 +22,7 @@ from qatstudy.quant import (
     quant_modules,
     quantize_model,
     quantizers,
+    reestimate_batchnorm,
     round_ste,
     scale_grad,
 )
@@ -519,3 +520,22 @@ def test_step_size_initialisation_runs_on_the_data_device(method):
     rows = torch.empty(4, 10, device="meta")
     assert init_step_size(rows, 4, True, method).device.type == "meta"
     assert {t.device.type for t in init_asymmetric_range(rows, 4, method)} == {"meta"}
+
+
+def test_reestimate_batchnorm_averages_the_quantized_statistics_and_restores_modes():
+    model = _calibrated_cnn(QuantScheme(3, 3))
+    model.train()
+    bn = model[1]
+    bn.momentum = 0.3
+    batches = _batches(n=4, seed=5)
+    with torch.no_grad():
+        conv_out = torch.cat([model[0](x) for x in batches])  # the quantized conv's output feeds the norm
+    assert reestimate_batchnorm(model, batches) == 1
+    torch.testing.assert_close(bn.running_mean, conv_out.mean(dim=(0, 2, 3)))
+    # cumulative average of each batch's unbiased variance, as torch computes it with momentum None
+    per_batch = torch.stack([o.var(dim=(0, 2, 3), unbiased=True) for o in conv_out.split(4)])
+    torch.testing.assert_close(bn.running_var, per_batch.mean(0))
+    assert bn.momentum == 0.3 and model.training and all(m.training for m in model.modules())
+    assert reestimate_batchnorm(quantize_model(nn.Sequential(nn.Linear(8, 4)), QuantScheme(4, 4)), []) == 0
+    with pytest.raises(ValueError, match="at least one batch"):
+        reestimate_batchnorm(model, [])

@@ -10,8 +10,8 @@ def main(snakemake, log):
     qat(data=snakemake.input.data, fp32_checkpoint=snakemake.input.fp32,
         scheme=QuantScheme.from_tag(snakemake.wildcards.tag, **p.quant), identity=p.identity,
         settings=TrainSettings(**p.settings), calibration=p.calibration["method"],
-        calib_images=p.calibration["images"], seed=int(snakemake.wildcards.seed),
-        objective=QATSettings(**p.objective), checkpoint=snakemake.output.checkpoint,
+        calib_images=p.calibration["images"], batchnorm_images=p.calibration["batchnorm_images"],
+        seed=int(snakemake.wildcards.seed), objective=QATSettings(**p.objective), checkpoint=snakemake.output.checkpoint,
         metrics=snakemake.output.metrics, provenance=job_provenance(snakemake), log=log)
 
 

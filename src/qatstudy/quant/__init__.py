@@ -1,7 +1,14 @@
 """Quantization: LSQ quantizers, layer wrapping, calibration (one small module family)."""
 
 from .attention import QuantViTAttention, QuantWindowAttention, attention_modules, quantize_attention
-from .calibrate import CALIBRATION_METHODS, calibrate, init_asymmetric_range, init_quantizer, init_step_size
+from .calibrate import (
+    CALIBRATION_METHODS,
+    calibrate,
+    init_asymmetric_range,
+    init_quantizer,
+    init_step_size,
+    reestimate_batchnorm,
+)
 from .modules import (
     QuantConv2d,
     QuantLinear,
@@ -36,6 +43,7 @@ __all__ = [
     "quantize_attention",
     "quantize_model",
     "quantizers",
+    "reestimate_batchnorm",
     "round_ste",
     "scale_grad",
 ]

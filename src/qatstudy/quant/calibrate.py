@@ -144,3 +144,36 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "
             q.signed = recorder.minimum < 0
         init_quantizer(q, recorder.values()[None, :], method)
     return seen
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Recompute every BatchNorm's running mean and variance as the plain average over `batches`, with the
+    model quantizing as it now does; returns how many norms changed.
+
+    Quantized activations have other statistics than the float ones the norms were trained on; at 4 bits and
+    below that shift alone costs a MobileNetV2 10 points (Nagel et al. 2022 re-estimate them for the same reason).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = [bn.momentum for bn in norms]
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches
+        bn.train()
+    try:
+        seen = 0
+        for x in batches:
+            model(x)
+            seen += x.shape[0]
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+        for m, mode in modes.items():
+            m.training = mode
+    if seen == 0:
+        raise ValueError("batch-norm re-estimation needs at least one batch")
+    return len(norms)
