@@ -96,6 +96,12 @@ def test_tiny_study_tables(tiny_study):
         assert record["packages"]["torch"] and record["hardware"]["cpus"] >= 1
     sensitivity = read_json(tiny_study / "runs/cnn/seed0/analysis/sensitivity.json")["provenance"]
     assert sensitivity["config_scope"] == "fp32+sensitivity"
+    # PTQ and QAT (before and after its fine-tune) tried re-estimating the CNN's batch norms on 64 images
+    qat_bn = read_json(tiny_study / "runs/cnn/seed0/qat_w4a4/metrics.json")["batchnorm"]
+    ptq_bn = read_json(tiny_study / "runs/cnn/seed0/ptq_w4a4/metrics.json")["batchnorm"]
+    for record in (qat_bn["init"], qat_bn["final"], ptq_bn):
+        assert record["images"] == 64 and record["norms"] > 0
+        assert record["reestimated"] == (record["val_top1_after"] >= record["val_top1_before"])
 
 
 @needs_fashion_mnist
