@@ -87,10 +87,18 @@ def _logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return session(model).run(None, {"input": x})[0]
 
 
+MAX_DIFFERING_SHARE = 0.01  # of the check images: one flipped rounding moves one image's logits, not a broken graph
+
+
 def _differs(actual: np.ndarray, expected: np.ndarray, tolerance: float) -> float | None:
-    """The largest difference, if it exceeds `tolerance` x the largest expected logit; else None."""
-    max_diff = float(np.abs(actual - expected).max())
-    return max_diff if max_diff > tolerance * float(np.abs(expected).max()) else None
+    """The largest difference, if more than MAX_DIFFERING_SHARE of the images have a logit differing by more than
+    `tolerance` x the largest expected logit; else None. Float re-association can put an activation on the other
+    side of a rounding boundary and move that image's logits (a W8A8 ViT's exact export: by 0.46, largest logit
+    4.34), which a maximum over all images would take for a broken graph."""
+    per_image = np.abs(actual - expected).reshape(len(expected), -1).max(axis=1)
+    if np.mean(per_image > tolerance * float(np.abs(expected).max())) > MAX_DIFFERING_SHARE:
+        return float(per_image.max())
+    return None
 
 
 def simplify(exported: onnx.ModelProto, x: np.ndarray, *, tolerance: float, what: str) -> onnx.ModelProto:
