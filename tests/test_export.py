@@ -540,3 +540,15 @@ def test_fold_weight_quantizers_accepts_a_missing_zero_point():
     folded = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
     np.testing.assert_array_equal(folded, expected)
     assert numpy_helper.to_array(model.graph.initializer[-1]).dtype == np.uint8
+
+
+def test_output_check_tolerates_one_flipped_image_but_not_a_broken_graph():
+    expected = np.random.default_rng(0).normal(size=(512, 10)).astype(np.float32)
+    largest = float(np.abs(expected).max())
+    one_flip = expected.copy()
+    one_flip[7, 3] += 0.5 * largest  # one image's rounding went the other way
+    assert export._differs(one_flip, expected, 0.05) is None
+    broken = expected.copy()
+    broken[:12] += 0.5 * largest  # 12 of 512 images (2.3%) differ: more than MAX_DIFFERING_SHARE
+    assert export._differs(broken, expected, 0.05) == pytest.approx(0.5 * largest, rel=1e-5)
+    assert export._differs(expected + 1e-4, expected, 0.05) is None
