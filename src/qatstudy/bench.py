@@ -51,6 +51,7 @@ def benchmark_onnx(onnx_path: str | Path, input_shape: tuple[int, ...], batch_si
     except (OSError, KeyError):
         baseline = _peak_rss_bytes()
     sess = session(onnx_path, threads)
+    onnx_bytes = Path(onnx_path).stat().st_size
     rng = np.random.default_rng(seed)
     rows = []
     for batch in sorted(batch_sizes):
@@ -68,7 +69,7 @@ def benchmark_onnx(onnx_path: str | Path, input_shape: tuple[int, ...], batch_si
                      "latency_ms_p99": float(np.percentile(times_ms, 99)),
                      "latency_ms_mean": float(times_ms.mean()),
                      "throughput_ips": float(batch * 1000.0 / times_ms.mean()),
-                     "model_bytes": Path(onnx_path).stat().st_size, "onnx_bytes": Path(onnx_path).stat().st_size,
+                     "model_bytes": onnx_bytes, "onnx_bytes": onnx_bytes,
                      "peak_mem_bytes": _peak_rss_bytes() - baseline})
     return rows
 

@@ -103,7 +103,7 @@ def _differs(actual: np.ndarray, expected: np.ndarray, tolerance: float) -> floa
 
 def simplify(exported: onnx.ModelProto, x: np.ndarray, *, tolerance: float, what: str) -> onnx.ModelProto:
     """onnxsim's simplification, checked: it keeps every QuantizeLinear and DequantizeLinear node and the outputs
-    on `x` (to `tolerance` x the largest logit: re-associated float arithmetic can flip a rounding)."""
+    on `x` (`_differs`: re-associated float arithmetic can flip a rounding)."""
     simplified, ok = onnxsim.simplify(exported)
     if not ok:
         raise RuntimeError(f"onnxsim could not validate the simplified graph of {what}")
@@ -130,8 +130,8 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, trt_path: str | Pa
 
     The reference graph (Q/DQ where training quantized) must compute what PyTorch computes: float round-off
     upstream of a quantizer (LayerNorm, softmax) can move a value across a rounding boundary and flip one integer
-    step, so logits may differ slightly, but a difference above `tolerance` x the largest logit means a broken
-    export. The two layouts are not exact (new 8-bit output quantizers; unsigned 8-bit activations at half
+    step, so an image's logits may differ, but more than MAX_DIFFERING_SHARE of the images differing by over
+    `tolerance` x the largest logit means a broken export (`_differs`). The two layouts are not exact (new 8-bit output quantizers; unsigned 8-bit activations at half
     resolution for TensorRT), and at 2 or 3 bits one flipped step changes many images' predictions (a W2A2 ResNet
     agreed with PyTorch on 86% of images at the same test top-1), so a layout must instead not lose more than
     `max_drop` points of top-1 on the check images: that catches a broken layout, not a small loss, which the

@@ -120,7 +120,7 @@ def reestimate_batchnorm_if_better(model: nn.Module, splits: Splits, *, images: 
     (quant.reestimate_batchnorm) and keep them only if validation top-1 does not fall; returns what happened.
     The check is there because it helps low-bit CNNs a lot but can cost a ViT's conv-stem norms (README, "Batch
     norm")."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = quant.batchnorms(model)
     if images == 0 or not norms:
         return {"reestimated": False, "norms": len(norms)}
     saved = [{name: b.clone() for name, b in bn.named_buffers()} for bn in norms]
@@ -187,7 +187,7 @@ def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
 
 def freeze_batchnorm(model: nn.Module) -> None:
     """Keep every BatchNorm in eval mode (running statistics fixed) even when the model trains."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = quant.batchnorms(model)
     if not bns:
         return
     original_train = model.train

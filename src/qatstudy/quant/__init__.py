@@ -3,6 +3,7 @@
 from .attention import QuantViTAttention, QuantWindowAttention, attention_modules, quantize_attention
 from .calibrate import (
     CALIBRATION_METHODS,
+    batchnorms,
     calibrate,
     init_asymmetric_range,
     init_quantizer,
@@ -31,6 +32,7 @@ __all__ = [
     "QuantViTAttention",
     "QuantWindowAttention",
     "attention_modules",
+    "batchnorms",
     "calibrate",
     "export_mode",
     "init_asymmetric_range",

@@ -146,6 +146,11 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "
     return seen
 
 
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    """Every batch-norm layer of `model`."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Recompute every BatchNorm's running mean and variance as the plain average over `batches`, with the
@@ -154,7 +159,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> i
     Quantized activations have other statistics than the float ones the norms were trained on; at 4 bits and
     below that shift alone costs a MobileNetV2 10 points (Nagel et al. 2022 re-estimate them for the same reason).
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorms(model)
     if not norms:
         return 0
     modes = {m: m.training for m in model.modules()}
