@@ -189,24 +189,27 @@ def test_ptq_metrics(data, fp32, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "metrics.json"]  # PTQ writes no checkpoint
 
 
-@pytest.mark.parametrize("val_after, kept", [(40.0, False), (50.0, True)])
-def test_batchnorm_reestimation_is_kept_only_where_validation_does_not_fall(data, fp32, monkeypatch, val_after, kept):
+@pytest.mark.parametrize("val_after, min_gain, kept", [(40.0, 0.0, False), (50.0, 0.0, True), (50.02, 0.1, False),
+                                                      (50.1, 0.1, True)])
+def test_batchnorm_reestimation_is_kept_only_where_validation_gains_the_margin(data, fp32, monkeypatch, val_after,
+                                                                              min_gain, kept):
     folder, _ = fp32
     splits = stages.Splits(str(data))
     model = stages._quantized_from_fp32(str(folder / "model.pt"), SCHEME, splits, calibration="mse", calib_images=64,
-                                        batchnorm_images=0, batch_size=BATCH, seed=0)[0]
+                                        bn_reestimation=stages.BatchnormReestimation(), batch_size=BATCH, seed=0)[0]
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     before = [bn.running_mean.clone() for bn in norms]
     val = iter([50.0, val_after])
     monkeypatch.setattr(stages, "evaluate", lambda *args: next(val))
-    record = stages.reestimate_batchnorm_if_better(model, splits, images=64, batch_size=BATCH, seed=0)
-    assert record == {"reestimated": kept, "norms": len(norms), "images": 64, "val_top1_before": 50.0,
-                      "val_top1_after": val_after}
+    settings = stages.BatchnormReestimation(images=64, min_gain=min_gain)
+    record = stages.reestimate_batchnorm_if_better(model, splits, settings, batch_size=BATCH, seed=0)
+    assert record == {"reestimated": kept, "norms": len(norms), "images": 64, "min_gain": min_gain,
+                      "val_top1_before": 50.0, "val_top1_after": val_after}
     assert len(norms) == 2  # the conv stem's
     changed = [not torch.equal(bn.running_mean, b) for bn, b in zip(norms, before)]
     assert all(changed) if kept else not any(changed)
-    assert stages.reestimate_batchnorm_if_better(model, splits, images=0, batch_size=BATCH, seed=0) == \
-        {"reestimated": False, "norms": 2}
+    assert stages.reestimate_batchnorm_if_better(model, splits, stages.BatchnormReestimation(), batch_size=BATCH,
+                                                 seed=0) == {"reestimated": False, "norms": 2}
 
 
 def test_qat_checkpoint_round_trip_and_frozen_batchnorm(data, fp32, tmp_path, monkeypatch):

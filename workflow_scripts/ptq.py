@@ -1,5 +1,5 @@
 from qatstudy.quant import QuantScheme
-from qatstudy.stages import ptq
+from qatstudy.stages import BatchnormReestimation, ptq
 from qatstudy.workflow import job_provenance, run
 
 
@@ -8,7 +8,7 @@ def main(snakemake, log):
     ptq(data=snakemake.input.data, fp32_checkpoint=snakemake.input.fp32,
         scheme=QuantScheme.from_tag(snakemake.wildcards.tag, **p.quant), identity=p.identity,
         calibration=p.calibration["method"], calib_images=p.calibration["images"],
-        batchnorm_images=p.calibration["batchnorm_images"], seed=int(snakemake.wildcards.seed),
+        bn_reestimation=BatchnormReestimation.from_config(p.calibration), seed=int(snakemake.wildcards.seed),
         metrics=snakemake.output.metrics, provenance=job_provenance(snakemake), log=log)
 
 

@@ -1,6 +1,6 @@
 from qatstudy.objectives import QATSettings
 from qatstudy.quant import QuantScheme
-from qatstudy.stages import qat
+from qatstudy.stages import BatchnormReestimation, qat
 from qatstudy.settings import TrainSettings
 from qatstudy.workflow import job_provenance, run
 
@@ -10,7 +10,7 @@ def main(snakemake, log):
     qat(data=snakemake.input.data, fp32_checkpoint=snakemake.input.fp32,
         scheme=QuantScheme.from_tag(snakemake.wildcards.tag, **p.quant), identity=p.identity,
         settings=TrainSettings(**p.settings), calibration=p.calibration["method"],
-        calib_images=p.calibration["images"], batchnorm_images=p.calibration["batchnorm_images"],
+        calib_images=p.calibration["images"], bn_reestimation=BatchnormReestimation.from_config(p.calibration),
         seed=int(snakemake.wildcards.seed), objective=QATSettings(**p.objective), checkpoint=snakemake.output.checkpoint,
         metrics=snakemake.output.metrics, provenance=job_provenance(snakemake), log=log)
 

@@ -84,7 +84,7 @@ def train_fp32(*, data: str, arch: str, kwargs: dict, identity: dict, settings: 
 
 
 def _quantized_from_fp32(fp32_checkpoint: str, scheme: quant.QuantScheme, splits: Splits, *, calibration: str,
-                         calib_images: int, batchnorm_images: int, batch_size: int,
+                         calib_images: int, bn_reestimation: BatchnormReestimation, batch_size: int,
                          seed: int) -> tuple[nn.Module, dict, dict]:
     """The FP32 model quantized by `scheme`, its step sizes calibrated and its batch norms re-estimated; with the
     checkpoint and the re-estimation's record."""
@@ -95,8 +95,7 @@ def _quantized_from_fp32(fp32_checkpoint: str, scheme: quant.QuantScheme, splits
     model.to(splits.device)
     calibrate_on_training_split(model, splits, method=calibration, images=calib_images, batch_size=batch_size,
                                 seed=seed)
-    batchnorm = reestimate_batchnorm_if_better(model, splits, images=batchnorm_images, batch_size=batch_size,
-                                               seed=seed)
+    batchnorm = reestimate_batchnorm_if_better(model, splits, bn_reestimation, batch_size=batch_size, seed=seed)
     return model, ckpt, batchnorm
 
 
@@ -114,34 +113,50 @@ def calibrate_on_training_split(model: nn.Module, splits: Splits, *, method: str
                     method=method, seed=seed)
 
 
-def reestimate_batchnorm_if_better(model: nn.Module, splits: Splits, *, images: int, batch_size: int,
-                                   seed: int) -> dict:
-    """Re-estimate the batch-norm statistics of the quantized model on `images` seeded-random training images
-    (quant.reestimate_batchnorm) and keep them only if validation top-1 does not fall; returns what happened.
-    The check is there because it helps low-bit CNNs a lot but can cost a ViT's conv-stem norms (README, "Batch
+@dataclasses.dataclass(frozen=True)
+class BatchnormReestimation:
+    """The config's `calibration.batchnorm_images` and `calibration.batchnorm_min_gain` (README, "Batch norm")."""
+
+    images: int = 0  # 0: off
+    min_gain: float = 0.0  # validation top-1 points the re-estimated statistics must gain to be kept
+
+    @classmethod
+    def from_config(cls, calibration: dict) -> "BatchnormReestimation":
+        return cls(images=calibration["batchnorm_images"], min_gain=calibration["batchnorm_min_gain"])
+
+
+def reestimate_batchnorm_if_better(model: nn.Module, splits: Splits, settings: BatchnormReestimation, *,
+                                   batch_size: int, seed: int) -> dict:
+    """Re-estimate the batch-norm statistics of the quantized model on `settings.images` seeded-random training
+    images (quant.reestimate_batchnorm) and keep them only if validation top-1 gains at least `settings.min_gain`
+    points; returns what happened. The check is there because re-estimation helps low-bit CNNs a lot but can cost
+    a ViT's conv-stem norms; the margin, because a gain of a few validation images is noise (README, "Batch
     norm")."""
     norms = quant.batchnorms(model)
-    if images == 0 or not norms:
+    if settings.images == 0 or not norms:
         return {"reestimated": False, "norms": len(norms)}
     saved = [{name: b.clone() for name, b in bn.named_buffers()} for bn in norms]
     before = evaluate(model, splits.x["val"], splits.y["val"])
-    quant.reestimate_batchnorm(model, calibration_batches(splits, images=images, batch_size=batch_size, seed=seed))
+    quant.reestimate_batchnorm(model, calibration_batches(splits, images=settings.images, batch_size=batch_size,
+                                                          seed=seed))
     after = evaluate(model, splits.x["val"], splits.y["val"])
-    if after < before:
+    kept = round(after - before, 6) >= settings.min_gain  # rounded: top-1 values are image counts in float
+    if not kept:
         for bn, buffers in zip(norms, saved):
             bn.load_state_dict(buffers, strict=False)
-    return {"reestimated": after >= before, "norms": len(norms), "images": images, "val_top1_before": before,
-            "val_top1_after": after}
+    return {"reestimated": kept, "norms": len(norms), "images": settings.images, "min_gain": settings.min_gain,
+            "val_top1_before": before, "val_top1_after": after}
 
 
 def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, calibration: str,
-        calib_images: int, seed: int, metrics: str, batchnorm_images: int = 0, provenance: dict | None = None,
+        calib_images: int, seed: int, metrics: str,
+        bn_reestimation: BatchnormReestimation = BatchnormReestimation(), provenance: dict | None = None,
         log=print) -> dict:
     """Post-training quantization: calibrate step sizes on a few training batches, no training."""
     splits = Splits(data, training_device())
     start = time.perf_counter()
     model, _, batchnorm = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
-                                               calib_images=calib_images, batchnorm_images=batchnorm_images,
+                                               calib_images=calib_images, bn_reestimation=bn_reestimation,
                                                batch_size=128, seed=seed)
     record = _record(model, splits, {**identity, "method": "ptq", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
                                      "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration, calib_images=calib_images,
@@ -152,14 +167,14 @@ def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
 
 
 def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, settings: TrainSettings,
-        calibration: str, calib_images: int, seed: int, checkpoint: str, metrics: str, batchnorm_images: int = 0,
-        objective: QATSettings = QATSettings(), provenance: dict | None = None, log=print) -> dict:
+        calibration: str, calib_images: int, seed: int, checkpoint: str, metrics: str,
+        bn_reestimation: BatchnormReestimation = BatchnormReestimation(), objective: QATSettings = QATSettings(), provenance: dict | None = None, log=print) -> dict:
     """Quantization-aware training: LSQ fake quantization initialised from the FP32 model, fine-tuned,
     with the FP32 model as distillation teacher when `objective.distill_weight` > 0. Batch-norm statistics are
-    re-estimated for the quantized model before and after (where validation top-1 does not fall)."""
+    re-estimated for the quantized model before and after (kept where validation top-1 gains enough)."""
     splits = Splits(data, training_device())
     model, ckpt, batchnorm_init = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
-                                                       calib_images=calib_images, batchnorm_images=batchnorm_images,
+                                                       calib_images=calib_images, bn_reestimation=bn_reestimation,
                                                        batch_size=settings.batch_size, seed=seed)
     teacher = load_checkpoint(fp32_checkpoint)[0].to(splits.device) if objective.distill_weight > 0 else None
     # Batch-norm statistics stay frozen during the short fine-tune: the deployed graph then computes
@@ -170,9 +185,9 @@ def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
                  objective=QATObjective(model, objective, teacher=teacher),
                  inputs={"data": md5sum(data), "fp32": md5sum(fp32_checkpoint), "scheme": repr(scheme),
                          "calibration": calibration, "calib_images": calib_images, "objective": repr(objective),
-                         "batchnorm_images": batchnorm_images})
-    batchnorm_final = reestimate_batchnorm_if_better(model, splits, images=batchnorm_images,
-                                                     batch_size=settings.batch_size, seed=seed)
+                         "batchnorm": repr(bn_reestimation)})
+    batchnorm_final = reestimate_batchnorm_if_better(model, splits, bn_reestimation, batch_size=settings.batch_size,
+                                                     seed=seed)
     record = _record(model, splits, {**identity, "method": "qat", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
                                      "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration,
                      objective=dataclasses.asdict(objective), batchnorm={"init": batchnorm_init, "final": batchnorm_final},
