@@ -1,6 +1,6 @@
 # Two layouts of the same Q/DQ export (qatstudy.qdq): model.onnx for onnxruntime on CPU (benchmarked by bench_cpu)
-# and model_trt.onnx, explicit INT8 quantization for TensorRT (built by trt_build). FP32 variants write the float
-# graph twice.
+# and model_trt.onnx, explicit INT8 quantization (INT4 MatMul/Gemm weights where TensorRT takes them) for TensorRT
+# (built by trt_build). FP32 variants write the float graph twice.
 rule export_onnx:
     input:
         data=SPLITS,

@@ -161,10 +161,11 @@ def test_quantized_export_graph(art, tag):
         assert weight is not None and weight.op_type == "DequantizeLinear", layer.name
         # activations: quantized at run time by a QuantizeLinear node
         assert producers[act.input[0]].op_type == "QuantizeLinear"
-        # weights: a folded int8 initializer, no QuantizeLinear left
+        # weights: a folded int8 initializer (INT4 for the W4A4 classifier: test_trt_layout_matches_fake_quant_...),
+        # no QuantizeLinear left
         assert weight.input[0] in inits and weight.input[0] not in producers
         stored = inits[weight.input[0]]
-        assert stored.data_type == TensorProto.INT8
+        assert stored.data_type in (TensorProto.INT8, TensorProto.INT4)
         weight_shapes.add(tuple(stored.dims))
     assert weight_shapes == WEIGHT_SHAPES
     ops = _ops(model)
@@ -195,7 +196,16 @@ def test_trt_layout_matches_fake_quant_below_8_bits(art):
     np.testing.assert_array_equal(actual.argmax(1), expected.argmax(1))
     assert np.abs(actual - expected).max() <= 1e-3 * np.abs(expected).max()
     assert art["report"]["w4a4"]["trt_argmax_agreement_vs_torch"] == 1.0
-    assert art["report"]["w4a4"]["trt_layout"] == {"unsigned_to_int8": 3, "unsigned_8bit_halved": 0}
+    # the classifier (64 inputs) holds its 4-bit weights as TensorRT's blocked INT4; the first Linear's 784 inputs
+    # divide into neither 64 nor 128, so it keeps the int8 container
+    assert art["report"]["w4a4"]["trt_layout"] == {"unsigned_to_int8": 3, "unsigned_8bit_halved": 0,
+                                                   "weights_transposed": 0, "weights_int4": 1}
+    model = onnx.load(str(art["trt"]["w4a4"]))
+    assert model.opset_import[0].version == 21
+    values = _constant_values(model)
+    stored = {values[n.input[0]].shape: str(values[n.input[0]].dtype) for n in model.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in values}
+    assert stored == {(8, 1, 3, 3): "int8", (16, 8, 3, 3): "int8", (64, 784): "int8", (10, 64): "int4"}
     fp32 = _torch_logits(art["ckpt"]["fp32"], x)
     assert np.abs(expected - fp32).max() > 1e-3  # the comparison is with the quantized model, not the float one
 
@@ -214,7 +224,9 @@ def test_trt_layout_halves_the_step_of_unsigned_8_bit_activations(art):
     assert [np.isclose(scale, step, rtol=1e-6) for scale, (step, _) in zip(scales, steps)] == [True, False, False, False]
     assert [np.isclose(scale, 2 * step, rtol=1e-6) and not signed for scale, (step, signed) in zip(scales, steps)] == \
         [False, True, True, True]
-    assert art["report"]["w8a8"]["trt_layout"] == {"unsigned_to_int8": 3, "unsigned_8bit_halved": 3}
+    assert art["report"]["w8a8"]["trt_layout"] == {"unsigned_to_int8": 3, "unsigned_8bit_halved": 3,
+                                                   "weights_transposed": 0, "weights_int4": 0}
+    assert model.opset_import[0].version == export.OPSET  # no INT4 weight: the opset TensorRT 8.6 reads too
     x = art["splits"].x["test"]
     expected = _torch_logits(art["ckpt"]["w8a8"], x)
     actual = _ort(model).run(None, {"input": x.numpy()})[0]
@@ -235,6 +247,8 @@ def test_folded_weights_times_scale_equal_torch_quantized_weights(art, tag):
         layer = by_shape[q.shape]
         wq = layer.weight_quantizer
         step = wq.step.detach().numpy()
+        if any(a.name == "block_size" for a in node.attribute):  # INT4: each channel's step repeated per block
+            step = np.broadcast_to(step.reshape(-1, 1), scale.shape)
         np.testing.assert_array_equal(scale, step)
         with torch.no_grad():
             expected = torch.clamp(torch.round(layer.weight / wq._broadcast(wq.step, layer.weight)), wq.qmin, wq.qmax)
@@ -247,10 +261,10 @@ def test_folded_weights_times_scale_equal_torch_quantized_weights(art, tag):
 # 3. low-bit meaning kept inside 8-bit containers
 
 
-def test_w4a4_int8_weights_stay_in_4_bit_range(art):
+def test_w4a4_weights_stay_in_4_bit_range(art):
     model = onnx.load(str(art["trt"]["w4a4"]))
-    ints = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == TensorProto.INT8
-            and tuple(i.dims) in WEIGHT_SHAPES]
+    ints = [numpy_helper.to_array(i).astype(np.int8) for i in model.graph.initializer
+            if i.data_type in (TensorProto.INT8, TensorProto.INT4) and tuple(i.dims) in WEIGHT_SHAPES]
     assert len(ints) == QUANT_LAYERS
     for q in ints:
         assert q.min() >= -8 and q.max() <= 7

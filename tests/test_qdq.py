@@ -179,13 +179,76 @@ def test_cpu_layout_runs_as_integer_kernels_and_matches_the_graph():
 def test_trt_layout_has_only_int8_zero_point_0():
     model = _conv_graph(in_bits=4, w_bits=4, gamma=np.ones(2), next_bits=8)
     layout, report = qdq.trt_layout(model)
-    assert report == {"unsigned_to_int8": 1, "unsigned_8bit_halved": 1}
+    assert report == {"unsigned_to_int8": 1, "unsigned_8bit_halved": 1, "weights_transposed": 0, "weights_int4": 0}
     g = qdq.Graph(layout)
     for node in g.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             assert g.constant(node.input[2]).dtype == np.int8 and not g.constant(node.input[2]).any()
     seven_bits = _conv_graph(in_bits=4, w_bits=4, gamma=np.ones(2), next_bits=7)
     small, report = qdq.trt_layout(seven_bits)
-    assert report == {"unsigned_to_int8": 1, "unsigned_8bit_halved": 0}
+    assert report == {"unsigned_to_int8": 1, "unsigned_8bit_halved": 0, "weights_transposed": 0, "weights_int4": 0}
     x = 4 * _x()
     np.testing.assert_array_equal(_run(small, x)[0], _run(seven_bits, x)[0])  # 0 .. 127 fits: exact
+
+
+def _linear_graph(layers: list[tuple[str, int, int]]) -> onnx.ModelProto:
+    """x (tokens) -> Q/DQ -> one linear layer per (kind, in, w_bits), each with per-channel int8 weights, as the
+    export writes them: "matmul" as DQ(w) -> Transpose -> MatMul (a Linear on token sequences), "gemm" as
+    Gemm(transB=1) on rows (reshaped back after). Each layer has as many outputs as inputs, so they chain."""
+    width = layers[0][1]
+    inits = [_init(np.float32(0.05), "s_x"), _init(np.int8(0), "z8")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "z8"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "s_x", "z8"], ["h0"])]
+    for i, (kind, k, w_bits) in enumerate(layers):
+        assert k == width
+        weight = RNG.integers(-(2 ** (w_bits - 1)), 2 ** (w_bits - 1), (k, k)).astype(np.int8)  # [out, in]
+        inits += [_init(weight, f"w{i}"), _init(RNG.uniform(0.01, 0.03, k).astype(np.float32), f"s{i}"),
+                  _init(np.zeros(k, np.int8), f"z{i}"), _init(RNG.normal(0, 0.1, k).astype(np.float32), f"b{i}")]
+        nodes.append(helper.make_node("DequantizeLinear", [f"w{i}", f"s{i}", f"z{i}"], [f"w{i}_dq"], axis=0))
+        if kind == "matmul":
+            nodes += [helper.make_node("Transpose", [f"w{i}_dq"], [f"w{i}_t"], perm=[1, 0]),
+                      helper.make_node("MatMul", [f"h{i}", f"w{i}_t"], [f"m{i}"]),
+                      helper.make_node("Add", [f"m{i}", f"b{i}"], [f"h{i + 1}"])]
+        else:
+            inits.append(_init(np.array([-1, k], np.int64), f"rows{i}"))
+            inits.append(_init(np.array([0, -1, k], np.int64), f"tokens{i}"))
+            nodes += [helper.make_node("Reshape", [f"h{i}", f"rows{i}"], [f"r{i}"]),
+                      helper.make_node("Gemm", [f"r{i}", f"w{i}_dq", f"b{i}"], [f"g{i}"], transB=1),
+                      helper.make_node("Reshape", [f"g{i}", f"tokens{i}"], [f"h{i + 1}"])]
+    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", F, [None, 3, width])],
+                              [helper.make_tensor_value_info(f"h{len(layers)}", F, [None, 3, width])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_trt_layout_stores_4_bit_matmul_and_gemm_weights_as_blocked_int4_exactly():
+    """TensorRT's weight-only INT4: a 4-bit (or narrower) weight of a MatMul or Gemm whose reduction size 128 or 64
+    divides becomes INT4 with a step per output channel repeated over the blocks; an 8-bit weight, or a reduction
+    size neither divides, stays int8."""
+    model = _linear_graph([("matmul", 128, 4), ("gemm", 128, 2), ("matmul", 128, 8)])
+    layout, report = qdq.trt_layout(model)
+    assert (report["weights_transposed"], report["weights_int4"]) == (2, 2)
+    assert layout.opset_import[0].version == qdq.INT4_OPSET
+    x = RNG.normal(0, 0.3, (4, 3, 128)).astype(np.float32)
+    np.testing.assert_array_equal(_run(layout, x)[0], _run(model, x)[0])
+    g, original = qdq.Graph(layout), qdq.Graph(copy.deepcopy(model))
+    weights = [n for n in g.graph.node if n.op_type == "DequantizeLinear" and g.constant(n.input[0]) is not None]
+    assert [str(g.constant(n.input[0]).dtype) for n in weights] == ["int4", "int4", "int8"]
+    matmul, gemm = weights[:2]
+    # the MatMul's weight is stored transposed, [in, out], blocked along its rows; the Gemm's [out, in] along columns
+    assert (qdq._attr(matmul, "axis", 1), qdq._attr(matmul, "block_size", 0)) == (0, 128)
+    assert (qdq._attr(gemm, "axis", 1), qdq._attr(gemm, "block_size", 0)) == (1, 128)
+    np.testing.assert_array_equal(g.constant(matmul.input[0]).astype(np.int8), original.constant("w0").T)
+    np.testing.assert_array_equal(g.constant(matmul.input[1]), original.constant("s0")[None, :])
+    np.testing.assert_array_equal(g.constant(gemm.input[1]), original.constant("s1")[:, None])
+    assert not g.constant(gemm.input[2]).astype(np.int8).any()
+
+    narrow = _linear_graph([("gemm", 64, 4), ("matmul", 64, 3)])
+    layout, report = qdq.trt_layout(narrow)
+    assert report["weights_int4"] == 2
+    assert {qdq._attr(n, "block_size", 0) for n in layout.graph.node if n.op_type == "DequantizeLinear"} == {0, 64}
+    x = RNG.normal(0, 0.3, (4, 3, 64)).astype(np.float32)
+    np.testing.assert_array_equal(_run(layout, x)[0], _run(narrow, x)[0])
+
+    unblockable = _linear_graph([("gemm", 96, 4)])
+    layout, report = qdq.trt_layout(unblockable)
+    assert report["weights_int4"] == 0 and layout.opset_import[0].version == 17  # 96: neither 64 nor 128 divides

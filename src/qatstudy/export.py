@@ -4,7 +4,8 @@ Quantized layers export as clamp + QuantizeLinear/DequantizeLinear in 8-bit cont
 LSQQuantizer._export_forward). After simplification each weight QuantizeLinear is folded into
 an integer initializer, so the file stores weights as int8 and only DequantizeLinear remains. That reference
 graph is written in two layouts (qdq.py): `model.onnx` for onnxruntime on CPU, which fuses it into integer
-kernels, and `model_trt.onnx` (explicit INT8 quantization) for TensorRT.
+kernels, and `model_trt.onnx` (explicit INT8 quantization, weight-only INT4 where TensorRT takes it) for
+TensorRT.
 """
 
 from __future__ import annotations

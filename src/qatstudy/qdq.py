@@ -18,7 +18,8 @@ quantization computes, but neither runtime runs it as integer arithmetic as it s
   so that onnxruntime's uint8 x int8 kernels cannot saturate (widen_overflowing_weights).
 - `trt_layout` (TensorRT). TensorRT reads only symmetric INT8 Q/DQ with zero point 0 and fuses the rest itself.
   Unsigned activations of up to 7 bits fit int8 [0, 127] exactly; unsigned 8-bit activations ([0, 255] steps)
-  do not, and are exported with twice the step on [0, 127]: one bit of resolution less than trained.
+  do not, and are exported with twice the step on [0, 127]: one bit of resolution less than trained. MatMul/Gemm
+  weights of 4 bits or fewer become TensorRT's weight-only INT4 where its block sizes fit (`int4_weights`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, version_converter
 
 from .quant.calibrate import init_asymmetric_range
 from .runtime import session
@@ -577,9 +579,61 @@ def cpu_layout(model: onnx.ModelProto, batches: Iterable[np.ndarray], method: st
     return g.model, report
 
 
+INT4_BLOCK_SIZES = (128, 64)  # the block sizes TensorRT's INT4 weights take, largest (fewest scales) first
+INT4_OPSET = 21  # the first opset with INT4 tensors and blocked DequantizeLinear
+
+
+def _int4_block(g: Graph, node: onnx.NodeProto) -> tuple[onnx.NodeProto, int, int] | None:
+    """(weight DequantizeLinear, reduction axis, block size) where `node`, a MatMul or Gemm, can take its weight as
+    TensorRT's INT4: 2-d integers within [-8, 7] behind a DequantizeLinear of their own, zero point 0, a step per
+    tensor or per output channel, a reduction size that a block size divides and an even last dimension."""
+    wdq = _weight_dq(g, node.input[1]) if len(node.input) > 1 else None
+    if wdq is None or len(g.consumers(wdq.output[0])) != 1:
+        return None
+    q, step = g.constant(wdq.input[0]), g.constant(wdq.input[1])
+    zero = g.constant(wdq.input[2]) if len(wdq.input) > 2 and wdq.input[2] else np.zeros(())
+    reduction = 1 if node.op_type == "Gemm" and _attr(node, "transB", 0) else 0
+    if q.ndim != 2 or q.min() < -8 or q.max() > 7 or np.any(zero != 0) or q.shape[-1] % 2 or (
+            step.size > 1 and _attr(wdq, "axis", 1) % 2 != 1 - reduction):
+        return None
+    block = next((b for b in INT4_BLOCK_SIZES if q.shape[reduction] % b == 0), None)
+    return None if block is None else (wdq, reduction, block)
+
+
+def int4_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Store every MatMul/Gemm weight `_int4_block` accepts as INT4 with block scales (opset 21), TensorRT's
+    weight-only INT4; returns the model (converted to opset 21 if any was) and how many. Each output channel's
+    step is repeated over the blocks along the reduction axis, so the weights are exactly the trained ones."""
+    g = Graph(model)
+    if not any(_int4_block(g, n) for n in g.graph.node if n.op_type in ("MatMul", "Gemm")):
+        return model, 0
+    g = Graph(version_converter.convert_version(model, INT4_OPSET))
+    count = 0
+    for node in [n for n in g.graph.node if n.op_type in ("MatMul", "Gemm")]:
+        if (found := _int4_block(g, node)) is None:
+            continue
+        wdq, reduction, block = found
+        q, step = g.constant(wdq.input[0]), g.constant(wdq.input[1]).astype(np.float32)
+        channels = np.broadcast_to(step.reshape(-1), (q.shape[1 - reduction],))
+        scales = np.repeat(np.expand_dims(channels, reduction), q.shape[reduction] // block, axis=reduction)
+        wdq.input[0] = g.add_constant(q.astype(ml_dtypes.int4), "w_int4")
+        wdq.input[1] = g.add_constant(np.ascontiguousarray(scales), "w_block_step")
+        zero = g.add_constant(np.zeros(scales.shape, ml_dtypes.int4), "w_int4_zero")
+        if len(wdq.input) > 2:
+            wdq.input[2] = zero
+        else:
+            wdq.input.append(zero)
+        _set_attr(wdq, "axis", reduction)
+        _set_attr(wdq, "block_size", block)
+        count += 1
+    g.drop_unused_constants()
+    return g.model, count
+
+
 def trt_layout(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    """The layout TensorRT reads (module docstring): every activation Q/DQ symmetric int8 with zero point 0.
-    Returns the rewritten copy and how many quantizers moved, and how many lost a bit (unsigned 8-bit)."""
+    """The layout TensorRT reads (module docstring): every activation Q/DQ symmetric int8 with zero point 0, and
+    MatMul/Gemm weights that fit INT4 stored as INT4 (int4_weights). Returns the rewritten copy and how many
+    quantizers moved, how many lost a bit (unsigned 8-bit) and how many weights are INT4."""
     g = Graph(copy.deepcopy(model))
     halved = []
 
@@ -594,7 +648,9 @@ def trt_layout(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
         halved.append(q.name)
         return 2 * p.scale, np.array(0, np.int8)
     moved = _requantize_pairs(g, convert)
+    transposed = fold_weight_transposes(g)
     g.drop_unused_constants()
-    onnx.checker.check_model(g.model)
-    return g.model, {"unsigned_to_int8": moved, "unsigned_8bit_halved": len(halved)}
-
+    rewritten, int4 = int4_weights(g.model)
+    onnx.checker.check_model(rewritten)
+    return rewritten, {"unsigned_to_int8": moved, "unsigned_8bit_halved": len(halved),
+                       "weights_transposed": transposed, "weights_int4": int4}
