@@ -168,7 +168,8 @@ def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
 
 def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, settings: TrainSettings,
         calibration: str, calib_images: int, seed: int, checkpoint: str, metrics: str,
-        bn_reestimation: BatchnormReestimation = BatchnormReestimation(), objective: QATSettings = QATSettings(), provenance: dict | None = None, log=print) -> dict:
+        bn_reestimation: BatchnormReestimation = BatchnormReestimation(), objective: QATSettings = QATSettings(),
+        provenance: dict | None = None, log=print) -> dict:
     """Quantization-aware training: LSQ fake quantization initialised from the FP32 model, fine-tuned,
     with the FP32 model as distillation teacher when `objective.distill_weight` > 0. Batch-norm statistics are
     re-estimated for the quantized model before and after (kept where validation top-1 gains enough)."""
