@@ -75,6 +75,10 @@ class Graph:
     def constant(self, name: str) -> np.ndarray | None:
         return self.values.get(name)
 
+    def optional_constant(self, node: onnx.NodeProto, index: int, default=None) -> np.ndarray | None:
+        """The constant at `node`'s optional input `index` (a zero point, a bias), or `default` where it is absent."""
+        return self.constant(node.input[index]) if len(node.input) > index and node.input[index] else default
+
     def add_constant(self, value: np.ndarray, hint: str) -> str:
         name = f"{hint}_{next(self._names)}"
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
@@ -100,6 +104,13 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
+def _set_input(node: onnx.NodeProto, index: int, name: str) -> None:
+    """Set `node`'s input `index`, appending it (behind empty optional inputs) where the node has fewer."""
+    while len(node.input) <= index:
+        node.input.append("")
+    node.input[index] = name
+
+
 def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
     for a in [a for a in node.attribute if a.name == name]:
         node.attribute.remove(a)
@@ -116,7 +127,7 @@ class _QParams:
     @classmethod
     def of(cls, g: Graph, node: onnx.NodeProto) -> "_QParams | None":
         scale = g.constant(node.input[1])
-        zero = g.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.array(0, np.uint8)
+        zero = g.optional_constant(node, 2, np.array(0, np.uint8))
         if scale is None or zero is None or scale.size != 1 or zero.size != 1:
             return None
         return cls(float(scale.reshape(())), zero.reshape(()))
@@ -168,21 +179,13 @@ def fold_batchnorm(g: Graph) -> tuple[int, int]:
             left += 1
             continue
         step = np.broadcast_to(g.constant(wdq.input[1]).astype(np.float64), factor.shape)
-        bias = g.constant(conv.input[2]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
+        bias = np.asarray(g.optional_constant(conv, 2, 0.0), np.float64)
         wdq.input[0] = g.add_constant((q.astype(np.int16) * sign).astype(np.int8), "w_folded")
         wdq.input[1] = g.add_constant((step * np.abs(factor)).astype(np.float32), "w_step_folded")
-        zero = g.add_constant(np.zeros(factor.shape, np.int8), "w_zero")
-        if len(wdq.input) > 2:
-            wdq.input[2] = zero
-        else:
-            wdq.input.append(zero)
+        _set_input(wdq, 2, g.add_constant(np.zeros(factor.shape, np.int8), "w_zero"))
         _set_attr(wdq, "axis", 0)
         conv_bias = (bias - mean.astype(np.float64)) * factor + beta.astype(np.float64)
-        name = g.add_constant(conv_bias.astype(np.float32), "conv_bias_folded")
-        if len(conv.input) > 2:
-            conv.input[2] = name
-        else:
-            conv.input.append(name)
+        _set_input(conv, 2, g.add_constant(conv_bias.astype(np.float32), "conv_bias_folded"))
         conv.output[0] = bn.output[0]
         g.graph.node.remove(bn)
         folded += 1
@@ -493,12 +496,12 @@ U8S8_PAIR_LIMIT = 2**15 - 1
 def _activation_max(g: Graph, dq: onnx.NodeProto) -> int:
     """The largest integer an activation DequantizeLinear can receive in its container."""
     source = g.producer(dq.input[0])
-    if source is not None and source.op_type == "Clip" and len(source.input) > 2 and g.constant(source.input[2]) is not None:
-        return int(g.constant(source.input[2]))  # the integer clamp after a quantized layer output
+    if source is not None and source.op_type == "Clip" and (top := g.optional_constant(source, 2)) is not None:
+        return int(top)  # the integer clamp after a quantized layer output
     if source is not None and source.op_type == "QuantizeLinear":
         params = _QParams.of(g, source)
         return int(params.zero_point) + _clamped_range(g, source, params)[1]
-    return int(np.iinfo(g.constant(dq.input[2]).dtype).max) if len(dq.input) > 2 else U8_MAX
+    return int(np.iinfo(g.optional_constant(dq, 2, np.zeros((), np.uint8)).dtype).max)
 
 
 def widen_overflowing_weights(g: Graph) -> int:
@@ -514,13 +517,9 @@ def widen_overflowing_weights(g: Graph) -> int:
         if q.dtype == np.uint8 or 2 * _activation_max(g, _activation_dq(g, layer.input[0])) * int(np.abs(q.astype(np.int16)).max()) <= \
                 U8S8_PAIR_LIMIT:
             continue
-        zero = g.constant(wdq.input[2]) if len(wdq.input) > 2 else np.zeros((), np.int8)
+        zero = g.optional_constant(wdq, 2, np.zeros((), np.int8))
         wdq.input[0] = g.add_constant((q.astype(np.int16) + 128).astype(np.uint8), "w_uint8")
-        zero_name = g.add_constant((zero.astype(np.int16) + 128).astype(np.uint8), "w_zero_uint8")
-        if len(wdq.input) > 2:
-            wdq.input[2] = zero_name
-        else:
-            wdq.input.append(zero_name)
+        _set_input(wdq, 2, g.add_constant((zero.astype(np.int16) + 128).astype(np.uint8), "w_zero_uint8"))
         count += 1
     return count
 
@@ -591,7 +590,7 @@ def _int4_block(g: Graph, node: onnx.NodeProto) -> tuple[onnx.NodeProto, int, in
     if wdq is None or len(g.consumers(wdq.output[0])) != 1:
         return None
     q, step = g.constant(wdq.input[0]), g.constant(wdq.input[1])
-    zero = g.constant(wdq.input[2]) if len(wdq.input) > 2 and wdq.input[2] else np.zeros(())
+    zero = g.optional_constant(wdq, 2, np.zeros(()))
     reduction = 1 if node.op_type == "Gemm" and _attr(node, "transB", 0) else 0
     if q.ndim != 2 or q.min() < -8 or q.max() > 7 or np.any(zero != 0) or q.shape[-1] % 2 or (
             step.size > 1 and _attr(wdq, "axis", 1) % 2 != 1 - reduction):
@@ -618,11 +617,7 @@ def int4_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         scales = np.repeat(np.expand_dims(channels, reduction), q.shape[reduction] // block, axis=reduction)
         wdq.input[0] = g.add_constant(q.astype(ml_dtypes.int4), "w_int4")
         wdq.input[1] = g.add_constant(np.ascontiguousarray(scales), "w_block_step")
-        zero = g.add_constant(np.zeros(scales.shape, ml_dtypes.int4), "w_int4_zero")
-        if len(wdq.input) > 2:
-            wdq.input[2] = zero
-        else:
-            wdq.input.append(zero)
+        _set_input(wdq, 2, g.add_constant(np.zeros(scales.shape, ml_dtypes.int4), "w_int4_zero"))
         _set_attr(wdq, "axis", reduction)
         _set_attr(wdq, "block_size", block)
         count += 1
