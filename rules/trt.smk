@@ -3,20 +3,34 @@
 #
 # The host comes from the environment when a job runs (qatstudy.remote), never from params, so changing it reruns
 # nothing. Jobs on the device take one `trt_device` resource: the profile's pool of one runs them one at a time.
+#
+# {precision} is the precision of the layers outside Q/DQ pairs: the FP32 model is built once per
+# trt.float_baselines (its FP32 and FP16 baselines), a quantized model once, in trt.float_precision.
 
 from qatstudy.trt import BENCH_SETTINGS, BUILD_SETTINGS
 
 TRT = config["trt"]
-TRT_RUN = RUN + "/{variant}/trt"
+if TRT["strongly_typed"] and {TRT["float_precision"], *TRT["float_baselines"]} != {"fp32"}:
+    raise ValueError("trt.strongly_typed takes every type from the ONNX files, whose float layers are FP32: set "
+                     "trt.float_precision to fp32 and trt.float_baselines to [fp32]")
+TRT_RUN = RUN + "/{variant}/trt/{precision}"
 TRT_BATCHES = config["bench"]["batch_sizes"]
-# the TensorRT benchmark files the tables read (aggregate's bench input)
-TRT_BENCH = run_files(RUN + "/{variant}/bench_trt.json", DEPLOYED) if TRT["transport"] else []
 TRT_BUILD_SETTINGS = canonical({k: TRT[k] for k in BUILD_SETTINGS})
 TRT_BENCH_SETTINGS = canonical({k: TRT[k] for k in BENCH_SETTINGS})
 
 
+def float_precisions(variant):
+    return TRT["float_baselines"] if variant == "fp32" else [TRT["float_precision"]]
+
+
+# the TensorRT benchmark files the tables read (aggregate's bench input)
+TRT_BENCH = [f for v in DEPLOYED for p in float_precisions(v)
+             for f in run_files(RUN + f"/{v}/bench_trt_{p}.json")] if TRT["transport"] else []
+
+
 wildcard_constraints:
     batch=r"\d+",
+    precision="fp16|fp32",
 
 
 def trt_threads():
@@ -29,6 +43,10 @@ def per_batch(pattern):
     return expand(pattern, batch=TRT_BATCHES, allow_missing=True)
 
 
+def build_settings(wildcards):
+    return canonical({**TRT_BUILD_SETTINGS, "float_precision": wildcards.precision})
+
+
 rule trt_build:
     input:
         onnx=f"{RUN}/{{variant}}/model_trt.onnx",  # the explicit-quantization layout (rules/export.smk)
@@ -38,13 +56,13 @@ rule trt_build:
         layers=f"{TRT_RUN}/b{{batch}}.layers.json",
         record=f"{TRT_RUN}/b{{batch}}.build.json",
     params:
-        build=TRT_BUILD_SETTINGS,
+        build=build_settings,
         config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS),
     resources:
         trt_device=1,
     threads: trt_threads()
     log:
-        "logs/trt_build/{model}_seed{seed}_{variant}_b{batch}.log",
+        "logs/trt_build/{model}_seed{seed}_{variant}_{precision}_b{batch}.log",
     script:
         "../workflow_scripts/trt_build.py"
 
@@ -55,7 +73,7 @@ rule trt_bench:
         records=per_batch(f"{TRT_RUN}/b{{batch}}.build.json"),
         metrics=f"{RUN}/{{variant}}/metrics.json",
     output:
-        result=f"{RUN}/{{variant}}/bench_trt.json",
+        result=f"{RUN}/{{variant}}/bench_trt_{{precision}}.json",
         profiles=per_batch(f"{TRT_RUN}/b{{batch}}.profile.json"),
     params:
         bench=TRT_BENCH_SETTINGS,
@@ -64,6 +82,6 @@ rule trt_bench:
         trt_device=1,
     threads: trt_threads()
     log:
-        "logs/trt_bench/{model}_seed{seed}_{variant}.log",
+        "logs/trt_bench/{model}_seed{seed}_{variant}_{precision}.log",
     script:
         "../workflow_scripts/trt_bench.py"

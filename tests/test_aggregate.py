@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qatstudy.aggregate import (accuracy_table, bench_table, latex_table, summary_markdown, summary_tables, write_csv,
-                                write_text)
+from qatstudy.aggregate import (accuracy_table, bench_table, deployment_table, latex_table, markdown_table,
+                                summary_markdown, summary_tables, write_csv, write_text)
 
 MODELS = {"resnet_t": ("cnn", "resnet10t", 1_234_567, 4_938_268), "vit_t": ("vit", "vit_convstem_tiny", 200_000, 800_000)}
 VARIANTS = {"fp32": ("fp32", 32, 32), "ptq_w4a4": ("ptq", 4, 4), "qat_w4a4": ("qat", 4, 4), "qat_w8a8": ("qat", 8, 8)}
@@ -150,6 +150,22 @@ def test_bench_table(tables, runs):
         assert r.family == MODELS[r.model][0]
     keys = list(zip(b.family, b.model, b.method, -b.w_bits, b.batch))
     assert keys == sorted(keys)
+    assert set(zip(b.method, b.precision)) == {("fp32", "fp32"), ("qat", "int8")}  # what onnxruntime computes in
+
+
+def test_bench_table_keeps_tensorrt_precisions_apart(tmp_path):
+    """The FP32 model's FP32 and FP16 engines are two rows of the deployment table, not one averaged."""
+    identity = {"model": "resnet_t", "family": "cnn", "method": "fp32", "w_bits": 32, "a_bits": 32, "seed": 0,
+                "packed_bytes": 100}
+    files = [_write(tmp_path / f"bench_trt_{p}.json", {**identity, "rows": [
+        {"backend": "tensorrt", "precision": p, "batch": 1, "threads": None, "latency_ms_p50": ms,
+         "latency_ms_p99": ms, "latency_ms_mean": ms, "throughput_ips": 1000 / ms, "model_bytes": 10, "onnx_bytes": 20,
+         "peak_mem_bytes": 30}]}) for p, ms in (("fp32", 0.4), ("fp16", 0.25))]
+    b = bench_table(files)
+    assert list(b.precision) == ["fp16", "fp32"] and list(b.latency_ms_p50) == [0.25, 0.4]
+    rows = _table(markdown_table(deployment_table(b)), "Model | Variant")
+    assert [(r["Variant"], r["Backend"], r["Precision"], r["Latency p50 (ms)"]) for r in rows] == [
+        ("FP32", "tensorrt", "fp16", "0.250"), ("FP32", "tensorrt", "fp32", "0.400")]
 
 
 # ---------------------------------------------------------------------------------------------

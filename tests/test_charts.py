@@ -1,5 +1,6 @@
 """The study's figures, drawn from small tidy CSVs in tests/fixtures/ (synthetic numbers shaped like the
-default study: two CNNs and two ViTs, FP32 and 8/6/4/3/2 bits, two seeds, batches 1 and 64)."""
+default study: two CNNs and two ViTs, FP32 and 8/6/4/3/2 bits, two seeds, batches 1 and 64; bench.csv also has
+TensorRT rows, the FP32 models in FP32 and FP16 engines)."""
 
 from __future__ import annotations
 
@@ -160,11 +161,17 @@ def test_accuracy_vs_latency_spec(tables):
     assert len(lines) == 1 and lines[0]["transform"] == [{"filter": "datum.pareto"}]
     data = _data(spec)
     deployed = bench[bench.batch == BATCH]
-    assert len(data) == len(deployed.drop_duplicates(["backend", "model", "method", "w_bits"]))
-    row = data[(data.model == "swin") & (data.bits == "4-bit")].iloc[0]
+    assert len(data) == len(deployed.drop_duplicates(["backend", "precision", "model", "method", "w_bits"]))
+    half = data[(data.model == "vit") & (data.bits == "FP16")]
+    assert len(half) == 1 and half.backend.item() == "tensorrt"  # the FP32 model's FP16 engine, beside its FP32 one
+    fp32_runs = (acc.model == "vit") & (acc.method == "fp32")
+    assert half.deployed_top1.item() == pytest.approx(_seed_stats(acc, fp32_runs, "onnx_top1")[0])
+    assert bubbles["shape"]["sort"][:3] == ["FP32", "FP16", "8-bit"]
+    row = data[(data.backend == "onnxruntime-cpu") & (data.model == "swin") & (data.bits == "4-bit")].iloc[0]
     runs = (acc.model == "swin") & (acc.method == "qat") & (acc.w_bits == 4)
     assert row.deployed_top1 == pytest.approx(_seed_stats(acc, runs, "onnx_top1")[0])
-    latency = (deployed.model == "swin") & (deployed.method == "qat") & (deployed.w_bits == 4)
+    latency = ((deployed.backend == "onnxruntime-cpu") & (deployed.model == "swin") & (deployed.method == "qat")
+               & (deployed.w_bits == 4))
     assert row.latency_ms_p50 == pytest.approx(_seed_stats(deployed, latency, "latency_ms_p50")[0])
     assert row.peak_mem_mb == pytest.approx(_seed_stats(deployed, latency, "peak_mem_bytes")[0] / 1e6)
     for _, group in data.groupby("backend"):

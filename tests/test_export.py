@@ -210,6 +210,31 @@ def test_trt_layout_matches_fake_quant_below_8_bits(art):
     assert np.abs(expected - fp32).max() > 1e-3  # the comparison is with the quantized model, not the float one
 
 
+def test_resnet_residual_adds_take_quantized_shortcuts_in_both_layouts(art, tmp_path):
+    """With `residual_bits`, each ResNet add's shortcut comes out of a DequantizeLinear (TensorRT fuses such an add
+    into the convolution before it), signed so that the TensorRT layout still equals fake-quant at W4A4."""
+    kwargs = {"channels": [8, 16, 16, 16]}
+    scheme = quant.QuantScheme.from_tag("w4a4", residual_bits=8)
+    model = stages.build("resnet10t", kwargs, num_classes=10, in_chans=1, scheme=scheme)
+    quant.calibrate(model, [art["splits"].x["train"][:64]], method="mse")
+    ckpt = tmp_path / "model.pt"
+    stages.save_checkpoint(ckpt, model, arch="resnet10t", kwargs=kwargs, num_classes=10, image_shape=IMAGE_SHAPE,
+                           scheme=scheme)
+    report = export.export_onnx(ckpt, tmp_path / "model.onnx", tmp_path / "model_trt.onnx", data=art["data"],
+                                calib_images=64)
+    assert report["trt_layout"]["unsigned_8bit_halved"] == 0
+    for path in ("model.onnx", "model_trt.onnx"):
+        graph = onnx.load(str(tmp_path / path))
+        producers = _producers(graph)
+        adds = [n for n in graph.graph.node if n.op_type == "Add" and n.input[1] not in _constant_values(graph)]
+        assert len(adds) == 4  # one per block
+        assert all("DequantizeLinear" in [producers[i].op_type for i in n.input if i in producers] for n in adds)
+    x = art["splits"].x["test"]
+    expected = _torch_logits(ckpt, x)
+    actual = _ort(str(tmp_path / "model_trt.onnx")).run(None, {"input": x.numpy()})[0]
+    assert np.abs(actual - expected).max() <= 1e-3 * np.abs(expected).max()
+
+
 def test_trt_layout_halves_the_step_of_unsigned_8_bit_activations(art):
     """int8 with zero point 0 holds 0..127: an unsigned 8-bit activation (0..255 steps) keeps its range at twice
     its step, the one place the TensorRT layout is not the trained model."""

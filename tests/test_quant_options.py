@@ -106,10 +106,40 @@ def test_first_last_bits_apply_to_stem_and_head_only(arch, kwargs):
     assert first.startswith("conv1" if arch == "resnet10t" else "patch_embed")
 
 
+def test_residual_bits_quantize_every_resnet_shortcut_signed():
+    """One signed quantizer per block on the shortcut of the residual add (after the downsampling layers where
+    there are some); the FP32 weights keep their names; the shortcut output is the quantizer's."""
+    torch.manual_seed(0)
+    fp32 = create_model("resnet10t", num_classes=10, in_chans=1)  # layer1 keeps its width: no downsampling
+    model = quant.quantize_model(create_model("resnet10t", num_classes=10, in_chans=1), QuantScheme(4, 4, residual_bits=8))
+    missing, unexpected = model.load_state_dict(fp32.state_dict(), strict=False)
+    quantizer_state = {f"{name}.{key}" for name, q in quant.quantizers(model) for key in q.state_dict()}
+    assert not unexpected and set(missing) == quantizer_state
+    shortcuts = {name: q for name, q in quant.quantizers(model) if name.split(".")[-1] not in
+                 ("weight_quantizer", "input_quantizer")}
+    assert sorted(shortcuts) == ["layer1.0.downsample", "layer2.0.downsample.3", "layer3.0.downsample.3",
+                                 "layer4.0.downsample.3"]
+    quant.calibrate(model.eval(), [torch.randn(16, 1, 28, 28)], method="mse")
+    # layer1's shortcut follows a ReLU and max-pool, so its input is never negative: it stays signed anyway
+    assert all(q.bits == 8 and q.signed for q in shortcuts.values())
+    block, seen = model.layer2[0], {}
+    block.downsample[-1].register_forward_hook(lambda _m, _i, out: seen.setdefault("shortcut", out))
+    block(torch.relu(torch.randn(2, 64, 7, 7)))
+    step = float(block.downsample[-1].step)
+    assert torch.allclose(seen["shortcut"] / step, torch.round(seen["shortcut"] / step), atol=1e-4)
+    # the sensitivity analysis wraps named layers only: no shortcut quantizers then
+    named = quant.quantize_model(create_model("resnet10t", num_classes=10, in_chans=1), QuantScheme(4, 4, residual_bits=8),
+                                 names=["layer1.0.conv1"])
+    assert [name for name, _ in quant.quantizers(named)] == ["layer1.0.conv1.weight_quantizer",
+                                                            "layer1.0.conv1.input_quantizer"]
+
+
 def test_scheme_validates_bits_and_parses_tags_with_options():
     assert QuantScheme.from_tag("w4a8", act_asymmetric=True) == QuantScheme(4, 8, act_asymmetric=True)
     with pytest.raises(ValueError, match="first_last_bits"):
         QuantScheme(4, 4, first_last_bits=9)
+    with pytest.raises(ValueError, match="residual_bits"):
+        QuantScheme(4, 4, residual_bits=1)
     with pytest.raises(ValueError, match="w_bits"):
         QuantScheme(1, 4)
 

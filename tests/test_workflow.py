@@ -176,6 +176,22 @@ def test_bad_config_value_is_named(tmp_path):
     assert "bits" in output and "9" in output
 
 
+def test_strongly_typed_engines_need_fp32_precisions(tmp_path):
+    """A strongly typed build takes its types from the FP32 ONNX file, so an FP16 engine cannot be asked for."""
+    config = yaml.safe_load(TINY.read_text())
+    config["trt"] = {"transport": "ssh", "strongly_typed": True}
+    path = tmp_path / "typed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(path), "--cores", "1", "bench", "--dry-run", check=False)
+    assert result.returncode != 0
+    assert "set trt.float_precision to fp32 and trt.float_baselines to [fp32]" in result.stdout + result.stderr
+    config["trt"].update(float_precision="fp32", float_baselines=["fp32"])
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(path), "--cores", "1", "bench", "--dry-run")
+    engines = set(re.findall(r"runs/\S+/trt/(\w+)/b\d+\.engine", result.stdout))
+    assert engines == {"fp32"}
+
+
 def test_missing_dataset_fails_with_sources_tried(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["dataset"]["mirrors"] = [str(tmp_path / "empty-mirror")]

@@ -13,10 +13,10 @@ from .provenance import PROVENANCE_COLUMNS, provenance_columns
 
 ACCURACY_COLUMNS = ["model", "family", "arch", "method", "w_bits", "a_bits", "seed", "top1", "val_top1",
                     "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", *PROVENANCE_COLUMNS]
-# what a bench JSON (bench_cpu.json, bench_trt.json) says of the run, besides its rows: the model and the bytes a
-# b-bit weight store takes (packed_bytes, from the run's metrics)
+# what a bench JSON (bench_cpu.json, bench_trt_<precision>.json) says of the run, besides its rows: the model and
+# the bytes a b-bit weight store takes (packed_bytes, from the run's metrics)
 BENCH_IDENTITY = ("model", "family", "method", "w_bits", "a_bits", "seed", "packed_bytes")
-BENCH_COLUMNS = ["model", "family", "method", "w_bits", "a_bits", "seed", "backend", "batch", "threads",
+BENCH_COLUMNS = ["model", "family", "method", "w_bits", "a_bits", "seed", "backend", "precision", "batch", "threads",
                  "latency_ms_p50", "latency_ms_p99", "latency_ms_mean", "throughput_ips", "model_bytes",
                  "onnx_bytes", "packed_bytes", "peak_mem_bytes", *PROVENANCE_COLUMNS]
 
@@ -42,13 +42,18 @@ def accuracy_table(metrics_files: list[str], onnx_files: list[str]) -> pd.DataFr
 
 
 def bench_table(bench_files: list[str]) -> pd.DataFrame:
+    """One row per model x deployed variant x backend x precision x batch size x seed. TensorRT rows name their
+    engine's precision (fp32, fp16, int8+fp16, ...); onnxruntime runs a float model in FP32 and a Q/DQ model's
+    fused layers in INT8."""
     rows = []
     for f in bench_files:
         b = read_json(f)
-        rows += [{**{k: b[k] for k in BENCH_IDENTITY}, **row, **provenance_columns(b)} for row in b["rows"]]
+        cpu_precision = "fp32" if b["method"] == "fp32" else "int8"
+        rows += [{**{k: b[k] for k in BENCH_IDENTITY}, "precision": cpu_precision, **row, **provenance_columns(b)}
+                 for row in b["rows"]]
     frame = pd.DataFrame(rows, columns=BENCH_COLUMNS)
-    return frame.sort_values(["family", "model", "method", "w_bits", "batch"], ascending=[True, True, True, False, True],
-                             ignore_index=True)
+    return frame.sort_values(["family", "model", "method", "w_bits", "backend", "precision", "batch"],
+                             ascending=[True, True, True, False, True, True, True], ignore_index=True)
 
 
 def oscillation_table(metrics_files: list[str]) -> pd.DataFrame:
@@ -156,17 +161,18 @@ def top1_by_bits_table(accuracy: pd.DataFrame) -> Table:
 def deployment_table(bench: pd.DataFrame) -> Table:
     """Benchmark results per model, deployed variant, backend and batch size."""
     table = Table(title="Deployed models: latency, throughput, size and memory",
-                  columns=["Model", "Variant", "Backend", "Batch", "Latency p50 (ms)", "Latency p99 (ms)",
+                  columns=["Model", "Variant", "Backend", "Precision", "Batch", "Latency p50 (ms)", "Latency p99 (ms)",
                            "Throughput (img/s)", "Model file (MB)", "Peak memory (MB)"],
-                  align="lllrrrrrr",
-                  note="Mean ± std over seeds where there are several. Peak memory: resident memory above the "
-                       "process's memory before the model was loaded.")
-    keys = ["family", "model", "method", "w_bits", "a_bits", "backend", "batch"]
+                  align="llllrrrrrr",
+                  note="Mean ± std over seeds where there are several. Precision: what the backend computes in "
+                       "(TensorRT: the engine's). Peak memory: resident memory above the process's memory before "
+                       "the model was loaded (TensorRT: the engine and its execution context on the device).")
+    keys = ["family", "model", "method", "w_bits", "a_bits", "backend", "precision", "batch"]
     ordered = bench.assign(neg_bits=-bench.w_bits).sort_values(["family", "model", "method", "neg_bits", "backend",
-                                                                "batch"])
-    for (_, model, method, w, a, backend, batch), group in ordered.groupby(keys, sort=False):
+                                                                "precision", "batch"])
+    for (_, model, method, w, a, backend, precision, batch), group in ordered.groupby(keys, sort=False):
         variant = bits_tag(w, a) if method == "fp32" else f"{method.upper()} {bits_tag(w, a)}"
-        table.rows.append([model, variant, backend, str(batch), mean_std_text(group.latency_ms_p50, ".3f"),
+        table.rows.append([model, variant, backend, precision, str(batch), mean_std_text(group.latency_ms_p50, ".3f"),
                            mean_std_text(group.latency_ms_p99, ".3f"), mean_std_text(group.throughput_ips, ".0f"),
                            mean_std_text(group.model_bytes / 1e6, ".3f"), mean_std_text(group.peak_mem_bytes / 1e6, ".1f")])
     return table

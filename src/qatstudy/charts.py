@@ -36,14 +36,22 @@ def model_label(model: str, family: str) -> str:
     return f"{model} ({family_name(family)})"
 
 
-def bits_label(w_bits: int, a_bits: int) -> str:
-    return "FP32" if w_bits >= 32 else (f"{w_bits}-bit" if w_bits == a_bits else f"W{w_bits}A{a_bits}")
+def bits_label(w_bits: int, a_bits: int, precision: str | None = None) -> str:
+    """"8-bit", "W4A8", "FP32", or "FP16" for a float model's FP16 TensorRT engine (bench.csv's precision)."""
+    if w_bits >= 32:
+        return "FP16" if precision == "fp16" else "FP32"
+    return f"{w_bits}-bit" if w_bits == a_bits else f"W{w_bits}A{a_bits}"
+
+
+def _precisions(frame: pd.DataFrame) -> list:
+    return list(frame.precision) if "precision" in frame else [None] * len(frame)
 
 
 def bits_order(frame: pd.DataFrame) -> list[str]:
-    """Bit-width labels from widest (FP32) to narrowest."""
-    pairs = sorted({(int(w), int(a)) for w, a in zip(frame.w_bits, frame.a_bits)}, reverse=True)
-    return [bits_label(w, a) for w, a in pairs]
+    """Bit-width labels from widest (FP32, then FP16) to narrowest."""
+    keys = {(int(w), int(a), p == "fp16") for w, a, p in zip(frame.w_bits, frame.a_bits, _precisions(frame))}
+    ordered = sorted(keys, key=lambda k: (-k[0], -k[1], k[2]))
+    return list(dict.fromkeys(bits_label(w, a, "fp16" if half else None) for w, a, half in ordered))
 
 
 def labelled(frame: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +60,7 @@ def labelled(frame: pd.DataFrame) -> pd.DataFrame:
     out["label"] = [model_label(m, f) for m, f in zip(out.model, out.family)]
     out["family_name"] = out.family.map(family_name)
     if "w_bits" in out:
-        out["bits"] = [bits_label(w, a) for w, a in zip(out.w_bits, out.a_bits)]
+        out["bits"] = [bits_label(w, a, p) for w, a, p in zip(out.w_bits, out.a_bits, _precisions(out))]
     return out
 
 
@@ -134,8 +142,8 @@ def deployed_points(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int) -> 
     runs = bench[bench.batch == batch].merge(accuracy[RUN_KEYS + ["top1", "onnx_top1"]], on=RUN_KEYS, how="inner")
     runs = labelled(runs.assign(deployed_top1=runs.onnx_top1.fillna(runs.top1), model_mb=runs.model_bytes / 1e6,
                                 peak_mem_mb=runs.peak_mem_bytes.clip(lower=0) / 1e6))
-    points = mean_std(runs, ["backend", "family", "family_name", "model", "label", "method", "w_bits", "a_bits",
-                             "bits"],
+    points = mean_std(runs, ["backend", "precision", "family", "family_name", "model", "label", "method", "w_bits",
+                             "a_bits", "bits"],
                       ["deployed_top1", "latency_ms_p50", "throughput_ips", "model_mb", "peak_mem_mb"])
     points["pareto"] = False
     for _, group in points.groupby("backend"):

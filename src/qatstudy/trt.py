@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-# The config's trt settings that shape an engine, and those that shape its benchmark (rule params).
-BUILD_SETTINGS = ("float_precision", "strongly_typed", "workspace_mib")
+# The config's trt settings that shape every engine, and those that shape its benchmark (rule params). An engine's
+# float precision (fp16 or fp32) is a path wildcard of its own (rules/trt.smk).
+BUILD_SETTINGS = ("strongly_typed", "workspace_mib")
 BENCH_SETTINGS = ("warmup_ms", "duration_s", "iterations", "cuda_graph", "data_transfers", "spin_wait",
                   "power_interval_ms", "power_rails")
 

@@ -109,7 +109,8 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "
     Weight quantizers start from their weights. Activation quantizers (layer inputs and, where
     wrapped, attention internals) start from values observed on the float model: while
     calibrating every quantizer passes its input through unchanged (the standard post-training
-    calibration). A symmetric quantizer whose input is never negative becomes unsigned.
+    calibration). A symmetric quantizer whose input is never negative becomes unsigned (unless it keeps its sign:
+    `sign_from_data` False).
     """
     weight_quantizers = {id(m.weight_quantizer): m for _, m in quant_modules(model)}
     generator = torch.Generator().manual_seed(seed)
@@ -140,7 +141,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "
     for q, recorder in recorders.items():
         if not recorder.samples:
             raise RuntimeError("an activation quantizer saw no data during calibration (is it on the forward path?)")
-        if not q.asymmetric:
+        if not q.asymmetric and q.sign_from_data:
             q.signed = recorder.minimum < 0
         init_quantizer(q, recorder.values()[None, :], method)
     return seen

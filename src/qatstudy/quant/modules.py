@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from .attention import quantize_attention
@@ -29,7 +30,8 @@ class QuantScheme:
     layer (stem / patch embedding) and the classifier head their own bit-width: the
     module-dependent scheme, against the uniform one. `quantize_attention` also quantizes ViT
     attention internals (Q, K, V, attention probabilities), at `attention_bits` if set, else at
-    `a_bits`.
+    `a_bits`. `residual_bits`, when set, quantizes the shortcut input of every ResNet block's residual add
+    at that bit-width, so that TensorRT can fuse the add into the convolution before it.
     """
 
     w_bits: int
@@ -39,9 +41,10 @@ class QuantScheme:
     first_last_bits: int | None = None
     quantize_attention: bool = False
     attention_bits: int | None = None
+    residual_bits: int | None = None
 
     def __post_init__(self):
-        for name in ("w_bits", "a_bits", "first_last_bits", "attention_bits"):
+        for name in ("w_bits", "a_bits", "first_last_bits", "attention_bits", "residual_bits"):
             bits = getattr(self, name)
             if bits is not None and not 2 <= bits <= 8:
                 raise ValueError(f"{name} must be between 2 and 8, got {bits}")
@@ -110,6 +113,8 @@ def quantize_model(model: nn.Module, scheme: QuantScheme, names: Collection[str]
             raise ValueError(f"model has no module named {sorted(unknown)}")
     if scheme.quantize_attention:
         quantize_attention(model, scheme.attention_bits or scheme.a_bits, names)
+    if scheme.residual_bits is not None and names is None:
+        quantize_residuals(model, scheme.residual_bits)
     for i, (name, module) in enumerate(layers):
         if names is not None and name not in names:
             continue
@@ -118,6 +123,26 @@ def quantize_model(model: nn.Module, scheme: QuantScheme, names: Collection[str]
         # new quantizer parameters must live where the layer lives
         module.to(module.weight.device)
     return model
+
+
+def quantize_residuals(model: nn.Module, bits: int) -> int:
+    """Quantize the shortcut of every timm ResNet block (BasicBlock, Bottleneck) before its residual add; returns
+    how many. timm adds `downsample(shortcut)`, or the shortcut itself, to the block's output, so the quantizer
+    goes into that hook: after the downsampling layers, or as the hook itself. Without it, the add's second input
+    would be float and TensorRT could not run the add inside the preceding INT8 convolution (NVIDIA's ResNet QAT
+    recipe quantizes it the same way, at 8 bits). The quantizer stays signed even after a ReLU: TensorRT's INT8
+    holds a signed 8-bit range exactly, an unsigned one only at half resolution."""
+    count = 0
+    for block in model.modules():
+        if not isinstance(block, (BasicBlock, Bottleneck)):
+            continue
+        quantizer = LSQQuantizer(bits, sign_from_data=False).to(block.conv1.weight.device)
+        if block.downsample is None:
+            block.downsample = quantizer
+        else:  # timm's downsampling is a Sequential: its parameter names stay as they were
+            block.downsample = nn.Sequential(*block.downsample, quantizer)
+        count += 1
+    return count
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

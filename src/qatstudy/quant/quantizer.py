@@ -36,12 +36,13 @@ class LSQQuantizer(nn.Module):
 
     `channel_axis=None` gives one step for the whole tensor; an int gives one step per slice
     along that axis. Symmetric activation quantizers decide at calibration whether the observed
-    input is non-negative (then unsigned, which doubles the resolution after ReLU). Asymmetric
-    quantizers use the unsigned range [0, 2^b - 1] shifted by the learned offset.
+    input is non-negative (then unsigned, which doubles the resolution after ReLU), unless
+    `sign_from_data` is False. Asymmetric quantizers use the unsigned range [0, 2^b - 1] shifted by
+    the learned offset.
     """
 
     def __init__(self, bits: int, *, signed: bool = True, channel_axis: int | None = None, num_channels: int = 1,
-                 asymmetric: bool = False):
+                 asymmetric: bool = False, sign_from_data: bool = True):
         super().__init__()
         if not 2 <= bits <= 8:
             raise ValueError(f"bit-width must be between 2 and 8, got {bits}")
@@ -53,6 +54,7 @@ class LSQQuantizer(nn.Module):
         # only asymmetric quantizers own an offset, so symmetric checkpoints keep their keys
         self.offset = nn.Parameter(torch.zeros_like(self.step)) if asymmetric else None
         self.register_buffer("initialized", torch.tensor(False))
+        self.sign_from_data = sign_from_data  # read by calibration only, so not part of a checkpoint
         self.export_mode = False  # set by `quant.export_mode()`: ONNX-exportable Q/DQ ops
         self.observer = None  # set by calibration: sees the input, which passes through unchanged
 
