@@ -159,7 +159,7 @@ def top1_by_bits_table(accuracy: pd.DataFrame) -> Table:
 
 
 def deployment_table(bench: pd.DataFrame) -> Table:
-    """Benchmark results per model, deployed variant, backend and batch size."""
+    """Benchmark results per model, deployed variant, backend, precision and batch size."""
     table = Table(title="Deployed models: latency, throughput, size and memory",
                   columns=["Model", "Variant", "Backend", "Precision", "Batch", "Latency p50 (ms)", "Latency p99 (ms)",
                            "Throughput (img/s)", "Model file (MB)", "Peak memory (MB)"],

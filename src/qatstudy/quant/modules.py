@@ -125,14 +125,13 @@ def quantize_model(model: nn.Module, scheme: QuantScheme, names: Collection[str]
     return model
 
 
-def quantize_residuals(model: nn.Module, bits: int) -> int:
-    """Quantize the shortcut of every timm ResNet block (BasicBlock, Bottleneck) before its residual add; returns
-    how many. timm adds `downsample(shortcut)`, or the shortcut itself, to the block's output, so the quantizer
+def quantize_residuals(model: nn.Module, bits: int) -> None:
+    """Quantize the shortcut of every timm ResNet block (BasicBlock, Bottleneck) before its residual add.
+    timm adds `downsample(shortcut)`, or the shortcut itself, to the block's output, so the quantizer
     goes into that hook: after the downsampling layers, or as the hook itself. Without it, the add's second input
     would be float and TensorRT could not run the add inside the preceding INT8 convolution (NVIDIA's ResNet QAT
     recipe quantizes it the same way, at 8 bits). The quantizer stays signed even after a ReLU: TensorRT's INT8
     holds a signed 8-bit range exactly, an unsigned one only at half resolution."""
-    count = 0
     for block in model.modules():
         if not isinstance(block, (BasicBlock, Bottleneck)):
             continue
@@ -141,8 +140,6 @@ def quantize_residuals(model: nn.Module, bits: int) -> int:
             block.downsample = quantizer
         else:  # timm's downsampling is a Sequential: its parameter names stay as they were
             block.downsample = nn.Sequential(*block.downsample, quantizer)
-        count += 1
-    return count
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
