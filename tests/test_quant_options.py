@@ -75,6 +75,22 @@ def test_mse_asymmetric_init_beats_minmax_with_outliers():
     assert errors["mse"] < 0.5 * errors["minmax"]
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_mse_asymmetric_init_keeps_a_relu_floor_and_matches_unsigned(bits):
+    # post-ReLU: 70% exact zeros and an exponential tail. The asymmetric family contains the unsigned symmetric
+    # quantizer (offset 0), so its MSE init must do at least as well, and keep the floor at zero
+    torch.manual_seed(bits)
+    x = torch.where(torch.rand(1, 20000) < 0.7, 0.0, torch.empty(1, 20000).exponential_(2.0))
+    step, offset = quant.init_asymmetric_range(x, bits, "mse")
+    unsigned = LSQQuantizer(bits, signed=False)
+    unsigned.init_step(quant.init_step_size(x, bits, False, "mse"))
+    with torch.no_grad():
+        asym_error = float(((_asymmetric(bits, float(step), float(offset))(x) - x) ** 2).mean())
+        unsigned_error = float(((unsigned(x) - x) ** 2).mean())
+    assert float(offset) == 0.0
+    assert asym_error <= unsigned_error * 1.001
+
+
 def _small_cnn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 10))
