@@ -78,6 +78,22 @@ def test_oscillation_tracker_counts_direction_flips_of_integer_weights():
     assert tracker.summary()["0"]["oscillating"] == pytest.approx(1 / 12)
 
 
+def test_oscillation_tracker_counts_full_range_flips_at_8_bits():
+    """Integer weights are kept as small integers: a jump from -128 to 127 and back must still count."""
+    model = _quantized_linear(bits=8, step=0.1)
+    layer = model[0]
+    with torch.no_grad():
+        layer.weight.fill_(-12.8)  # every integer weight at qmin
+    tracker = OscillationTracker(model, momentum=0.5, threshold=0.2)
+    for value in (12.7, -12.8, 12.7):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        tracker.update()
+    assert torch.equal(tracker.state["0"]["frequency"], torch.full((3, 4), 0.5 * 0.5 + 0.5))
+    assert tracker.summary()["0"] == {"oscillating": 1.0, "frozen": 0.0}
+    assert "average" not in tracker.state["0"]  # kept only for freezing
+
+
 def test_freezing_pins_oscillating_weights_to_their_average_integer():
     model = _quantized_linear(step=0.1)
     layer = model[0]

@@ -21,7 +21,7 @@ from .modules import (
     quantize_model,
     quantizers,
 )
-from .quantizer import LSQQuantizer, integer_range, round_ste, scale_grad
+from .quantizer import LSQQuantizer, integer_range
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -46,6 +46,4 @@ __all__ = [
     "quantize_model",
     "quantizers",
     "reestimate_batchnorm",
-    "round_ste",
-    "scale_grad",
 ]

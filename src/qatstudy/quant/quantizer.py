@@ -14,15 +14,49 @@ import torch
 from torch import nn
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round to nearest (half to even, as ONNX QuantizeLinear) with a straight-through gradient."""
-    return (torch.round(x) - x).detach() + x
+def _sum_of_products(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum of a * b over the elements that share one entry of the broadcast `shape`."""
+    if shape.numel() == 1:
+        return torch.dot(a.reshape(-1), b.reshape(-1)).reshape(shape)  # no full-size product in between
+    return (a * b).sum_to_size(shape)
 
 
-def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Identity in the forward pass, gradient multiplied by `factor` in the backward pass."""
-    scaled = x * factor
-    return x.detach() + (scaled - scaled.detach())  # exactly x forward (no rounding), factor backward
+def _fake_quantize(x, step, offset, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x_hat, the float mask of values inside the clamp range, and d x_hat / d step per element."""
+    v = x / step if offset is None else (x - offset) / step
+    clamped = v.clamp(qmin, qmax)
+    inside = torch.eq(v, clamped, out=torch.empty_like(v))  # a float mask: cheaper to multiply than bool
+    q = clamped.round_()  # rounding after clamping to integer bounds equals clamping after rounding
+    step_slope = torch.addcmul(q, v, inside, value=-1)  # q - v * inside
+    out = q.mul_(step)  # q itself is not needed in the backward pass
+    return (out if offset is None else out.add_(offset)), inside, step_slope
+
+
+class _LSQFakeQuantize(torch.autograd.Function):
+    """x_hat = s * clamp(round((x - beta) / s), qmin, qmax) + beta, with LSQ's gradients in one node.
+
+    Autograd through the composed ops (divide, clamp, straight-through round, multiply) runs a `where`
+    for the clamp's mask and several full-size products, which on CPU cost more than the conv they
+    feed. Here the backward is one mask multiply and one reduction per learned tensor. With
+    v = (x - beta) / s, q the clamped rounded v and `inside` = [qmin <= v <= qmax]:
+        dx = g * inside,   ds = f * sum(g * (q - v * inside)),   dbeta = f * sum(g * (1 - inside))
+    where f is LSQ's gradient scale and the sums run over the elements that share a step.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, offset, qmin: int, qmax: int, grad_factor: float):
+        out, inside, step_slope = _fake_quantize(x, step, offset, qmin, qmax)
+        ctx.save_for_backward(inside, step_slope)
+        ctx.grad_factor, ctx.has_offset, ctx.step_shape = grad_factor, offset is not None, step.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        inside, step_slope = ctx.saved_tensors
+        grad_x = grad * inside
+        grad_step = _sum_of_products(grad, step_slope, ctx.step_shape) * ctx.grad_factor
+        grad_offset = (grad - grad_x).sum_to_size(ctx.step_shape) * ctx.grad_factor if ctx.has_offset else None
+        return grad_x, grad_step, grad_offset, None, None, None
 
 
 def integer_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -104,7 +138,7 @@ class LSQQuantizer(nn.Module):
 
     def to_integer(self, x: torch.Tensor) -> torch.Tensor:
         """The integer each value of `x` quantizes to (symmetric quantizers: weights)."""
-        return torch.clamp(torch.round(x / self.step_like(x)), self.qmin, self.qmax)
+        return (x / self.step_like(x)).round_().clamp_(self.qmin, self.qmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
@@ -116,11 +150,23 @@ class LSQQuantizer(nn.Module):
             return self._export_forward(x)
         per_step = x.numel() // self.step.numel()
         grad_factor = 1.0 / math.sqrt(per_step * self.qmax)
-        step = self._broadcast(self._magnitude(scale_grad(self.step, grad_factor)), x)
-        if self.offset is None:
-            return round_ste(torch.clamp(x / step, self.qmin, self.qmax)) * step
-        offset = self._broadcast(scale_grad(self.offset, grad_factor), x)
-        return round_ste(torch.clamp((x - offset) / step, self.qmin, self.qmax)) * step + offset
+        step = self._broadcast(self._magnitude(self.step), x)
+        offset = None if self.offset is None else self._broadcast(self.offset, x)
+        return _LSQFakeQuantize.apply(x, step, offset, self.qmin, self.qmax, grad_factor)
+
+    def quantize_data(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """For an input that needs no gradient (the network's input data): the quantized `x` (no
+        gradient), d x_hat / d step per element, and a zero-valued scalar whose gradient reaches the
+        step with LSQ's scale. None where the plain forward pass applies (calibration, export, an
+        offset or per-channel step to learn, or no gradient wanted)."""
+        if (x.requires_grad or not torch.is_grad_enabled() or not self.step.requires_grad or self.observer is not None
+                or self.export_mode or self.offset is not None or self.channel_axis is not None or not bool(self.initialized)):
+            return None
+        step = self._magnitude(self.step).reshape(())
+        with torch.no_grad():
+            x_hat, _, step_slope = _fake_quantize(x, step, None, self.qmin, self.qmax)
+        grad_factor = 1.0 / math.sqrt(x.numel() * self.qmax)
+        return x_hat, step_slope, (step - step.detach()) * grad_factor
 
     def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same function written as clamp + 8-bit Q/DQ, which torch.onnx exports.
