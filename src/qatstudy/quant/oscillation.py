@@ -58,19 +58,22 @@ class OscillationTracker:
             s["frequency"].lerp_(flipped, 1 - m)
             s["direction"].mul_(1 - change.abs()).add_(change)  # the last non-zero change
             if self.freeze_threshold is not None:
-                self._freeze(layer, s, w_int)
-                w_int = self.integer_weights(layer)
+                w_int = self._freeze(layer, s, w_int)
             s["previous"] = w_int
 
-    def _freeze(self, layer, s: dict[str, torch.Tensor], w_int: torch.Tensor) -> None:
+    def _freeze(self, layer, s: dict[str, torch.Tensor], w_int: torch.Tensor) -> torch.Tensor:
+        """Freeze newly oscillating weights, pin every frozen one; returns the integer weights after pinning."""
         m = self.momentum
         s["average"] = torch.where(s["frozen"], s["average"], m * s["average"] + (1 - m) * w_int)
         newly = (s["frequency"] > self.freeze_threshold) & ~s["frozen"]
         q = layer.weight_quantizer
         s["target"] = torch.where(newly, torch.clamp(torch.round(s["average"]), q.qmin, q.qmax), s["target"])
         s["frozen"] |= newly
-        if s["frozen"].any():  # frozen weights sit on their target integer, whatever the optimizer did
-            layer.weight.copy_(torch.where(s["frozen"], s["target"] * q.step_like(layer.weight), layer.weight))
+        if not s["frozen"].any():
+            return w_int
+        # frozen weights sit on their target integer, whatever the optimizer did
+        layer.weight.copy_(torch.where(s["frozen"], s["target"] * q.step_like(layer.weight), layer.weight))
+        return self.integer_weights(layer)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per layer: share of oscillating weights and share frozen."""

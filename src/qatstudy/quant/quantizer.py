@@ -148,11 +148,13 @@ class LSQQuantizer(nn.Module):
             raise RuntimeError("LSQQuantizer used before its step size was initialised (run calibration first)")
         if self.export_mode:
             return self._export_forward(x)
-        per_step = x.numel() // self.step.numel()
-        grad_factor = 1.0 / math.sqrt(per_step * self.qmax)
         step = self._broadcast(self._magnitude(self.step), x)
         offset = None if self.offset is None else self._broadcast(self.offset, x)
-        return _LSQFakeQuantize.apply(x, step, offset, self.qmin, self.qmax, grad_factor)
+        return _LSQFakeQuantize.apply(x, step, offset, self.qmin, self.qmax, self._grad_factor(x))
+
+    def _grad_factor(self, x: torch.Tensor) -> float:
+        """LSQ's step-gradient scale 1 / sqrt(values per step * qmax)."""
+        return 1.0 / math.sqrt(x.numel() // self.step.numel() * self.qmax)
 
     def quantize_data(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """For an input that needs no gradient (the network's input data): the quantized `x` (no
@@ -165,8 +167,7 @@ class LSQQuantizer(nn.Module):
         step = self._magnitude(self.step).reshape(())
         with torch.no_grad():
             x_hat, _, step_slope = _fake_quantize(x, step, None, self.qmin, self.qmax)
-        grad_factor = 1.0 / math.sqrt(x.numel() * self.qmax)
-        return x_hat, step_slope, (step - step.detach()) * grad_factor
+        return x_hat, step_slope, (step - step.detach()) * self._grad_factor(x)
 
     def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same function written as clamp + 8-bit Q/DQ, which torch.onnx exports.
