@@ -36,7 +36,7 @@ def test_bits_accept_integers_and_weight_activation_tags():
     config = _tiny()
     config["bits"] = [8, "w4a8", "w2a2"]
     validate(config, SCHEMA)
-    assert config["quant"] == {"weight_per_channel": True, "act_asymmetric": False, "first_last_bits": None,
+    assert config["quant"] == {"weight_per_channel": True, "act_asymmetric": False, "first_last_bits": 8,
                                "quantize_attention": False, "attention_bits": None, "residual_bits": 8}
 
 
