@@ -3,13 +3,10 @@
 # overrides, then one table. Params are per arm, so editing one arm reruns only that arm's jobs.
 
 import re
-from pathlib import Path
-
-import yaml
 
 from qatstudy.workflow import ablation_arms, ablation_models
 
-ARMS = ablation_arms(config, yaml.safe_load(Path(workflow.basedir, "schemas", "config.schema.yaml").read_text()))
+ARMS = ablation_arms(config, SCHEMA)
 ABLATION_MODELS = ablation_models(config)
 ABLATION_TAGS = bit_tags(config["ablation"]["bits"])
 ABLATION_RUN = f"{RUN}/ablation/{{arm}}_{{tag}}"
@@ -26,7 +23,7 @@ use rule qat as ablation_qat with:
     params:
         identity=lambda w: canonical({**identity(w), "arm": w.arm}),
         objective=lambda w: qat_objective(ARMS[w.arm]),
-        quant=lambda w: canonical(ARMS[w.arm]["quant"]),
+        quant=lambda w: model_quant(ARMS[w.arm], w.model, SCHEMA),
         config_digest=lambda w: config_digest(ARMS[w.arm], "qat"),
     log:
         "logs/ablation/{model}_seed{seed}_{arm}_{tag}.log",

@@ -9,7 +9,7 @@ rule ptq:
         metrics=f"{RUN}/ptq_{{tag}}/metrics.json",
     params:
         identity=identity,
-        quant=canonical(config["quant"]),
+        quant=lambda w: MODEL_QUANT[w.model],
         calibration=canonical(config["calibration"]),
         config_digest=config_digest(config, "ptq"),
     threads: cpu_share(config["threads"]["eval"])
@@ -32,7 +32,7 @@ rule qat:
         identity=identity,
         settings=train_settings("qat"),
         objective=qat_objective(config),
-        quant=canonical(config["quant"]),
+        quant=lambda w: MODEL_QUANT[w.model],
         calibration=canonical(config["calibration"]),
         config_digest=config_digest(config, "qat"),
     threads: cpu_share(config["threads"]["train"])

@@ -122,6 +122,18 @@ def test_first_last_bits_apply_to_stem_and_head_only(arch, kwargs):
     assert first.startswith("conv1" if arch == "resnet10t" else "patch_embed")
 
 
+def test_depthwise_input_bits_apply_to_depthwise_inputs_only():
+    model = create_model("mobilenetv2_050", num_classes=10, in_chans=1)
+    quant.quantize_model(model, QuantScheme(4, 4, first_last_bits=8, depthwise_input_bits=8))
+    layers = dict(quant.quant_modules(model))
+    depthwise = {name for name, m in layers.items() if quant.is_depthwise(m)}
+    assert len(depthwise) == 17 and all(name.endswith("conv_dw") for name in depthwise)
+    assert {(m.weight_quantizer.bits, m.input_quantizer.bits) for name, m in layers.items() if name in depthwise} == {(4, 8)}
+    assert (layers["conv_stem"].input_quantizer.bits, layers["classifier"].input_quantizer.bits) == (8, 8)
+    others = [m for name, m in layers.items() if name not in depthwise | {"conv_stem", "classifier"}]
+    assert {(m.weight_quantizer.bits, m.input_quantizer.bits) for m in others} == {(4, 4)}
+
+
 def test_residual_bits_quantize_every_resnet_shortcut_signed():
     """One signed quantizer per block on the shortcut of the residual add (after the downsampling layers where
     there are some); the FP32 weights keep their names; the shortcut output is the quantizer's."""
@@ -156,6 +168,8 @@ def test_scheme_validates_bits_and_parses_tags_with_options():
         QuantScheme(4, 4, first_last_bits=9)
     with pytest.raises(ValueError, match="residual_bits"):
         QuantScheme(4, 4, residual_bits=1)
+    with pytest.raises(ValueError, match="depthwise_input_bits"):
+        QuantScheme(4, 4, depthwise_input_bits=9)
     with pytest.raises(ValueError, match="w_bits"):
         QuantScheme(1, 4)
 

@@ -11,13 +11,15 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import yaml
+from snakemake.utils import validate
 
 from qatstudy.io import read_json
-from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads, merged_settings, model_identity
+from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads, merged_settings, model_identity, model_quant
 from helpers import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
+SCHEMA = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
@@ -153,6 +155,34 @@ def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
                       "aggregate": 1, "render_figures": 1, "all": 1, "total": 4 * n_models + 3}
     scheduled = scheduled_variants(result.stdout)
     assert scheduled == {"ptq_w2a2", "qat_w2a2"}
+
+
+@needs_fashion_mnist
+def test_a_models_quant_override_reschedules_only_its_quantized_jobs(tiny_study, tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 8}
+    path = tmp_path / "override.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tiny_study, "--configfile", str(path), "--cores", "2", "all", "--dry-run")
+    counts = job_counts(result.stdout)
+    n_bits = len(config["bits"])
+    assert counts["ptq"] == counts["qat"] == counts["export_onnx"] == n_bits and "train_fp32" not in counts
+    outputs = "\n".join(line for line in result.stdout.splitlines() if line.strip().startswith("output:"))
+    assert set(re.findall(r"runs/([^/\s]+)/seed", outputs)) == {"cnn"}
+
+
+def test_model_quant_merges_the_models_overrides_and_names_bad_ones():
+    config = yaml.safe_load(TINY.read_text())
+    validate(config, str(REPO / "schemas" / "config.schema.yaml"))
+    config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 8}
+    assert model_quant(config, "cnn", SCHEMA) == {**config["quant"], "depthwise_input_bits": 8}
+    assert model_quant(config, "vit", SCHEMA) == config["quant"]
+    config["models"]["cnn"]["quant"] = {"depthwise_bits": 8}
+    with pytest.raises(ValueError, match=re.escape("models.cnn.quant.depthwise_bits: unknown key")):
+        model_quant(config, "cnn", SCHEMA)
+    config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 1}
+    with pytest.raises(ValueError, match=re.escape("models.cnn: quant.depthwise_input_bits: 1 is less than")):
+        model_quant(config, "cnn", SCHEMA)
 
 
 def test_bad_config_key_is_named(tmp_path):

@@ -89,25 +89,37 @@ def ablation_arms(config: dict, schema: dict) -> dict[str, dict]:
     earlier arms' overrides). Keys are checked against the schema's sections, and each arm's
     merged config is validated against the whole schema, so a typo or a bad value names the arm.
     """
-    validator = jsonschema.Draft202012Validator(schema)
     arms = {}
     for arm, overrides in config["ablation"]["arms"].items():
-        arm_config = dict(config)
-        for section, values in overrides.items():
-            where = f"ablation.arms.{arm}.{section}"
+        for section in overrides:
             if section not in ARM_SECTIONS:
-                raise ValueError(f"{where}: unknown key; an arm overrides {', '.join(ARM_SECTIONS)}")
-            known = schema["properties"][section]["properties"]
-            for key in values:
-                if key not in known:
-                    raise ValueError(f"{where}.{key}: unknown key; {section} has {', '.join(known)}")
-            arm_config[section] = {**config[section], **values}
-        error = jsonschema.exceptions.best_match(validator.iter_errors(arm_config))
-        if error is not None:
-            path = ".".join(str(p) for p in error.absolute_path)
-            raise ValueError(f"ablation.arms.{arm}: {path}: {error.message}")
-        arms[arm] = arm_config
+                raise ValueError(f"ablation.arms.{arm}.{section}: unknown key; an arm overrides {', '.join(ARM_SECTIONS)}")
+        arms[arm] = _with_overrides(config, overrides, schema, f"ablation.arms.{arm}")
     return arms
+
+
+def model_quant(config: dict, model: str, schema: dict) -> dict:
+    """The quant section for `model`: the config's, with the model's own `quant` overrides applied (checked against
+    the schema, an error naming models.<model>.quant)."""
+    overrides = config["models"][model].get("quant", {})
+    return canonical(_with_overrides(config, {"quant": overrides}, schema, f"models.{model}")["quant"])
+
+
+def _with_overrides(config: dict, overrides: dict, schema: dict, where: str) -> dict:
+    """`config` with each of `overrides`' sections updated by its values; every key must be one of that section's
+    in the schema, and the merged config must validate (errors name `where`)."""
+    merged = dict(config)
+    for section, values in overrides.items():
+        known = schema["properties"][section]["properties"]
+        for key in values:
+            if key not in known:
+                raise ValueError(f"{where}.{section}.{key}: unknown key; {section} has {', '.join(known)}")
+        merged[section] = {**config[section], **values}
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(merged))
+    if error is not None:
+        path = ".".join(str(p) for p in error.absolute_path)
+        raise ValueError(f"{where}: {path}: {error.message}")
+    return merged
 
 
 def ablation_models(config: dict) -> list[str]:

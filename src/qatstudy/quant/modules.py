@@ -31,7 +31,9 @@ class QuantScheme:
     module-dependent scheme, against the uniform one. `quantize_attention` also quantizes ViT
     attention internals (Q, K, V, attention probabilities), at `attention_bits` if set, else at
     `a_bits`. `residual_bits`, when set, quantizes the shortcut input of every ResNet block's residual add
-    at that bit-width, so that TensorRT can fuse the add into the convolution before it.
+    at that bit-width, so that TensorRT can fuse the add into the convolution before it. `depthwise_input_bits`,
+    when set, gives the input of every depthwise convolution its own bit-width: a depthwise filter sums only the
+    9 values of one channel, so 4-bit rounding noise there is not averaged out as it is across channels.
     """
 
     w_bits: int
@@ -42,9 +44,10 @@ class QuantScheme:
     quantize_attention: bool = False
     attention_bits: int | None = None
     residual_bits: int | None = None
+    depthwise_input_bits: int | None = None
 
     def __post_init__(self):
-        for name in ("w_bits", "a_bits", "first_last_bits", "attention_bits", "residual_bits"):
+        for name in ("w_bits", "a_bits", "first_last_bits", "attention_bits", "residual_bits", "depthwise_input_bits"):
             bits = getattr(self, name)
             if bits is not None and not 2 <= bits <= 8:
                 raise ValueError(f"{name} must be between 2 and 8, got {bits}")
@@ -61,9 +64,11 @@ class QuantScheme:
             raise ValueError(f"bit-width tag must look like 'w4a4', got {tag!r}")
         return cls(int(match[1]), int(match[2]), **options)
 
-    def for_layer(self, is_first_or_last: bool) -> "QuantScheme":
+    def for_layer(self, is_first_or_last: bool, is_depthwise: bool = False) -> "QuantScheme":
         if is_first_or_last and self.first_last_bits is not None:
             return replace(self, w_bits=self.first_last_bits, a_bits=self.first_last_bits)
+        if is_depthwise and self.depthwise_input_bits is not None:
+            return replace(self, a_bits=self.depthwise_input_bits)
         return self
 
 
@@ -109,7 +114,8 @@ def quantize_model(model: nn.Module, scheme: QuantScheme, names: Collection[str]
     """Wrap every Conv2d and Linear of `model` (in place) with LSQ fake quantization.
 
     The first and last layers in module order are the stem (or patch embedding) and the
-    classifier head in every timm model; `scheme.first_last_bits` applies to them. `names`, when
+    classifier head in every timm model; `scheme.first_last_bits` applies to them, and
+    `scheme.depthwise_input_bits` to the other depthwise convolutions' inputs. `names`, when
     given, wraps only the layers (and, with `scheme.quantize_attention`, the attention modules)
     of those module names; the rest stay float.
     """
@@ -129,7 +135,7 @@ def quantize_model(model: nn.Module, scheme: QuantScheme, names: Collection[str]
         if names is not None and name not in names:
             continue
         module.__class__ = _QUANT_CLASS[type(module)]
-        module._setup_quantizers(scheme.for_layer(i in (0, len(layers) - 1)))
+        module._setup_quantizers(scheme.for_layer(i in (0, len(layers) - 1), is_depthwise(module)))
         # new quantizer parameters must live where the layer lives
         module.to(module.weight.device)
     return model
@@ -150,6 +156,11 @@ def quantize_residuals(model: nn.Module, bits: int) -> None:
             block.downsample = quantizer
         else:  # timm's downsampling is a Sequential: its parameter names stay as they were
             block.downsample = nn.Sequential(*block.downsample, quantizer)
+
+
+def is_depthwise(layer: nn.Module) -> bool:
+    """A convolution with one filter group per input channel (MobileNet's 3x3 spatial filters)."""
+    return isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
