@@ -31,9 +31,11 @@ from qatstudy.data import get_spec
 from qatstudy.models import set_threads
 from qatstudy.objectives import QATObjective, QATSettings
 from qatstudy.stages import build, freeze_batchnorm
-from qatstudy.workflow import merged_settings, qat_objective
+from qatstudy.workflow import merged_settings, model_quant, qat_objective
 
 REPO = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 TARGET_RATIO = 1.6  # the QAT step may cost at most this many FP32 steps
 
 
@@ -96,7 +98,7 @@ def bench_config(config: dict, *, models: list[str] | None = None, tag: str = "w
     for name in models or list(config["models"]):
         model = config["models"][name]
         settings = merged_settings(config, "qat", name)
-        scheme = quant.QuantScheme.from_tag(tag, **config["quant"])
+        scheme = quant.QuantScheme.from_tag(tag, **model_quant(config, name, SCHEMA))
         times = step_times(model["arch"], model.get("kwargs", {}), image_shape=(spec.in_chans, spec.img_size, spec.img_size),
                            num_classes=spec.num_classes, scheme=scheme, batch_size=settings["batch_size"],
                            lr=settings["lr"], weight_decay=settings["weight_decay"],
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: the config's threads.train)")
     args = parser.parse_args(argv)
     config = yaml.safe_load(Path(args.config).read_text())
-    validate(config, str(REPO / "schemas" / "config.schema.yaml"))  # fills in the schema's defaults
+    validate(config, str(SCHEMA_PATH))  # fills in the schema's defaults
     threads = args.threads or config["threads"]["train"]
     set_threads(threads)  # also torch.set_flush_denormal(True), as every training job does
     rows = bench_config(config, models=args.models, tag=args.bits, steps=args.steps, warmup=args.warmup)
