@@ -15,11 +15,9 @@ from snakemake.utils import validate
 
 from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
 from qatstudy.workflow import ablation_arms, ablation_models
-from test_workflow import job_counts, snakemake
+from test_workflow import SCHEMA, SCHEMA_PATH, job_counts, scheduled_outputs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 ARMS = {"baseline": {},
         "kd": {"distillation": {"weight": 0.5, "crops": 2}},
         "kd_module": {"distillation": {"weight": 0.5, "crops": 2}, "quant": {"first_last_bits": 8,
@@ -44,8 +42,7 @@ def validated(config: dict) -> dict:
 
 def scheduled_arm_runs(snakemake_output: str) -> set[str]:
     """The ablation run folders (kd_w4a4, ...) that scheduled jobs write to."""
-    outputs = "\n".join(line for line in snakemake_output.splitlines() if line.strip().startswith("output:"))
-    return set(re.findall(r"runs/[^/\s]+/seed\d+/ablation/(\w+)/", outputs))
+    return set(re.findall(r"runs/[^/\s]+/seed\d+/ablation/(\w+)/", scheduled_outputs(snakemake_output)))
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +66,11 @@ def test_arms_expand_to_one_qat_job_per_arm_model_and_bits(ablation_dry_run):
 def test_editing_one_arm_reruns_only_its_jobs(ablation_dry_run, tmp_path):
     workdir, output = ablation_dry_run
     # stand-in outputs, marked as made by the current config (--touch records each job's params)
-    for line in output.splitlines():
-        if line.strip().startswith("output:"):
-            for name in line.split(":", 1)[1].split(","):
-                path = workdir / name.strip()
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.touch()
+    for line in scheduled_outputs(output).splitlines():
+        for name in line.split(":", 1)[1].split(","):
+            path = workdir / name.strip()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
     config = workdir / "ablation.yaml"
     snakemake(workdir, "--configfile", str(config), "--cores", "2", "ablation", "--touch", "--forceall")
     edited = tiny_ablation_config()

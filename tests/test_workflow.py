@@ -19,7 +19,8 @@ from helpers import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
-SCHEMA = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
@@ -30,10 +31,14 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
+def scheduled_outputs(dry_run_output: str) -> str:
+    """The `output:` lines of a dry run's scheduled jobs."""
+    return "\n".join(line for line in dry_run_output.splitlines() if line.strip().startswith("output:"))
+
+
 def scheduled_variants(dry_run_output: str) -> set[str]:
     """The run folders (fp32, ptq_w4a4, ...) that scheduled jobs write to."""
-    outputs = "\n".join(line for line in dry_run_output.splitlines() if line.strip().startswith("output:"))
-    return set(re.findall(r"runs/[^/\s]+/seed\d+/(\w+)/", outputs))
+    return set(re.findall(r"runs/[^/\s]+/seed\d+/(\w+)/", scheduled_outputs(dry_run_output)))
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -167,13 +172,12 @@ def test_a_models_quant_override_reschedules_only_its_quantized_jobs(tiny_study,
     counts = job_counts(result.stdout)
     n_bits = len(config["bits"])
     assert counts["ptq"] == counts["qat"] == counts["export_onnx"] == n_bits and "train_fp32" not in counts
-    outputs = "\n".join(line for line in result.stdout.splitlines() if line.strip().startswith("output:"))
-    assert set(re.findall(r"runs/([^/\s]+)/seed", outputs)) == {"cnn"}
+    assert set(re.findall(r"runs/([^/\s]+)/seed", scheduled_outputs(result.stdout))) == {"cnn"}
 
 
 def test_model_quant_merges_the_models_overrides_and_names_bad_ones():
     config = yaml.safe_load(TINY.read_text())
-    validate(config, str(REPO / "schemas" / "config.schema.yaml"))
+    validate(config, str(SCHEMA_PATH))
     config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 8}
     assert model_quant(config, "cnn", SCHEMA) == {**config["quant"], "depthwise_input_bits": 8}
     assert model_quant(config, "vit", SCHEMA) == config["quant"]
