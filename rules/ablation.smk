@@ -8,6 +8,7 @@ from qatstudy.workflow import ablation_arms, ablation_models
 
 ARMS = ablation_arms(config, SCHEMA)
 ABLATION_MODELS = ablation_models(config)
+ARM_QUANT = {(arm, model): model_quant(ARMS[arm], model, SCHEMA) for arm in ARMS for model in MODELS}
 ABLATION_TAGS = bit_tags(config["ablation"]["bits"])
 ABLATION_RUN = f"{RUN}/ablation/{{arm}}_{{tag}}"
 
@@ -23,7 +24,7 @@ use rule qat as ablation_qat with:
     params:
         identity=lambda w: canonical({**identity(w), "arm": w.arm}),
         objective=lambda w: qat_objective(ARMS[w.arm]),
-        quant=lambda w: model_quant(ARMS[w.arm], w.model, SCHEMA),
+        quant=lambda w: ARM_QUANT[w.arm, w.model],
         config_digest=lambda w: config_digest(ARMS[w.arm], "qat"),
     log:
         "logs/ablation/{model}_seed{seed}_{arm}_{tag}.log",
