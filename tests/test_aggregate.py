@@ -58,6 +58,9 @@ def make_runs(root: Path, seeds=(0, 1)) -> dict[str, list[str]]:
                 metrics = {**identity, "input_shape": [1, 28, 28], "params": params,
                            "val_top1": top1(model, variant, seed) + 1, "test_top1": top1(model, variant, seed),
                            "fp32_bytes": fp32_bytes, "packed_bytes": packed(model, w)}
+                if method != "fp32":
+                    metrics["quant"] = {"w_bits": w, "a_bits": a, "first_last_bits": 8,
+                                        **({"depthwise_input_bits": 8} if model == "resnet_t" else {})}
                 if method == "ptq":
                     metrics.update(calibration="mse", calib_images=512, calib_time_s=1.5)
                 else:
@@ -117,6 +120,23 @@ def test_accuracy_table_rows_and_onnx_columns(tables):
             assert r.onnx_bytes == onnx_bytes(r.model, r.w_bits)
         else:
             assert pd.isna(r.onnx_top1) and pd.isna(r.onnx_bytes)
+
+
+def test_accuracy_table_quant_column(tables):
+    acc, _ = tables
+    assert acc[acc.method == "fp32"].quant.isna().all()
+    quantized = acc[acc.method != "fp32"]
+    assert set(quantized[quantized.model == "resnet_t"].quant) == {'{"depthwise_input_bits": 8, "first_last_bits": 8}'}
+    assert set(quantized[quantized.model == "vit_t"].quant) == {'{"first_last_bits": 8}'}
+
+
+def test_top1_note_names_quant_options_that_differ_between_models(tables, tmp_path):
+    acc, b = tables
+    note = summary_tables(acc, b, qat_bits=4)["top1_by_bits"].note
+    assert note.endswith("(accuracy.csv, quant column): depthwise_input_bits: resnet_t 8, vit_t –.")
+    assert "first_last_bits" not in note  # the same for both models
+    alike = acc.assign(quant=acc.quant.where(acc.quant.isna(), '{"first_last_bits": 8}'))
+    assert "Quant options" not in summary_tables(alike, b, qat_bits=4)["top1_by_bits"].note
 
 
 def test_accuracy_table_sorted(tables):
