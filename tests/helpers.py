@@ -1,5 +1,5 @@
-"""Shared test helpers: a tiny fake Fashion-MNIST, in-memory ONNX export of a quantized model, a free local port,
-and the mark for tests that need Debian's Fashion-MNIST (the workflow tests' data)."""
+"""Shared test helpers: the config schema, a tiny fake Fashion-MNIST, in-memory ONNX export of a quantized model, a
+free local port, and the mark for tests that need Debian's Fashion-MNIST (the workflow tests' data)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from qatstudy import quant
 from qatstudy.data import prepare_splits
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 needs_fashion_mnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                                          reason="Debian's dataset-fashion-mnist is not installed (./bootstrap installs it)")

@@ -15,7 +15,8 @@ from snakemake.utils import validate
 
 from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
 from qatstudy.workflow import ablation_arms, ablation_models
-from test_workflow import SCHEMA, SCHEMA_PATH, job_counts, scheduled_outputs, snakemake
+from helpers import SCHEMA, SCHEMA_PATH
+from test_workflow import job_counts, scheduled_outputs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {"baseline": {},

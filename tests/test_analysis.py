@@ -15,7 +15,7 @@ from qatstudy import analysis, quant, stages
 from qatstudy.batches import Splits
 from qatstudy.models import create_model
 from qatstudy.train import evaluate
-from helpers import make_tiny_dataset
+from helpers import SCHEMA_PATH, make_tiny_dataset
 
 torch.set_num_threads(1)
 
@@ -130,11 +130,11 @@ def test_unknown_group_names_are_rejected_clearly(data):
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config["analysis"] = {"sensitivity_groups": ["attn"]}
     with pytest.raises(Exception, match="attn"):
-        validate(config, str(REPO / "schemas/config.schema.yaml"))
+        validate(config, str(SCHEMA_PATH))
 
 
 def test_schema_defaults_and_group_names_agree_with_the_code():
-    schema = str(REPO / "schemas/config.schema.yaml")
+    schema = str(SCHEMA_PATH)
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config.pop("analysis")
     validate(config, schema)

@@ -6,14 +6,15 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from helpers import SCHEMA_PATH
+
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
 
 
 @pytest.mark.parametrize("path", ["config.yaml", "tests/configs/tiny.yaml", "config/gpu.yaml"])
 def test_config_validates_and_gets_defaults(path):
     config = yaml.safe_load((REPO / path).read_text())
-    validate(config, SCHEMA)
+    validate(config, str(SCHEMA_PATH))
     assert config["calibration"]["method"] in {"minmax", "percentile", "mse"}
     assert config["threads"]["train"] >= 1
     for model in config["models"].values():
@@ -35,7 +36,7 @@ def _tiny():
 def test_bits_accept_integers_and_weight_activation_tags():
     config = _tiny()
     config["bits"] = [8, "w4a8", "w2a2"]
-    validate(config, SCHEMA)
+    validate(config, str(SCHEMA_PATH))
     assert config["quant"] == {"weight_per_channel": True, "act_asymmetric": False, "first_last_bits": 8,
                                "quantize_attention": False, "attention_bits": None, "residual_bits": 8}
 
@@ -50,4 +51,4 @@ def test_bits_accept_integers_and_weight_activation_tags():
 def test_bad_quant_settings_are_rejected(change):
     config = {**_tiny(), **change}
     with pytest.raises(Exception, match=r"bits|quant|asymmetric|9"):
-        validate(config, SCHEMA)
+        validate(config, str(SCHEMA_PATH))

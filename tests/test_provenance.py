@@ -18,6 +18,7 @@ from qatstudy.aggregate import accuracy_table, bench_table
 from qatstudy.provenance import (PROVENANCE_COLUMNS, check_one_config, git_state, mixed_configs, provenance,
                                  with_tensorrt)
 from qatstudy.workflow import config_digest
+from helpers import SCHEMA_PATH
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def config() -> dict:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    validate(config, str(REPO / "schemas" / "config.schema.yaml"))  # fills in the defaults, as the workflow does
+    validate(config, str(SCHEMA_PATH))  # fills in the defaults, as the workflow does
     return config
 
 

@@ -15,12 +15,10 @@ from snakemake.utils import validate
 
 from qatstudy.io import read_json
 from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads, merged_settings, model_identity, model_quant
-from helpers import needs_fashion_mnist
+from helpers import SCHEMA, SCHEMA_PATH, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
-SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
