@@ -8,7 +8,9 @@ from qatstudy.workflow import ablation_arms, ablation_models
 
 ARMS = ablation_arms(config, SCHEMA)
 ABLATION_MODELS = ablation_models(config)
+# each arm's sections with the model's own overrides on top (qatstudy.workflow.model_config)
 ARM_QUANT = {(arm, model): model_quant(ARMS[arm], model, SCHEMA) for arm in ARMS for model in MODELS}
+ARM_OBJECTIVE = {(arm, model): model_objective(ARMS[arm], model, SCHEMA) for arm in ARMS for model in MODELS}
 ABLATION_TAGS = bit_tags(config["ablation"]["bits"])
 ABLATION_RUN = f"{RUN}/ablation/{{arm}}_{{tag}}"
 
@@ -23,7 +25,7 @@ use rule qat as ablation_qat with:
         metrics=f"{ABLATION_RUN}/metrics.json",
     params:
         identity=lambda w: canonical({**identity(w), "arm": w.arm}),
-        objective=lambda w: qat_objective(ARMS[w.arm]),
+        objective=lambda w: ARM_OBJECTIVE[w.arm, w.model],
         quant=lambda w: ARM_QUANT[w.arm, w.model],
         config_digest=lambda w: config_digest(ARMS[w.arm], "qat"),
     log:

@@ -9,13 +9,15 @@ from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
 from qatstudy.workflow import (WORKFLOW_CORES_ENV, bit_tags, canonical, config_digest, merged_settings, model_identity,
-                                model_quant, qat_objective)
+                                model_objective, model_quant)
 
 DATASET = config["dataset"]["name"]
 SPLITS = f"data/{DATASET}/splits.npz"
 MODELS = list(config["models"])
 SCHEMA = yaml.safe_load(Path(workflow.basedir, "schemas", "config.schema.yaml").read_text())
-MODEL_QUANT = {model: model_quant(config, model, SCHEMA) for model in MODELS}  # checked now: a bad key fails the load
+# checked now: a bad key fails the load
+MODEL_QUANT = {model: model_quant(config, model, SCHEMA) for model in MODELS}
+MODEL_OBJECTIVE = {model: model_objective(config, model, SCHEMA) for model in MODELS}
 SEEDS = config["seeds"]
 BIT_TAGS = bit_tags(config["bits"])
 RUN = "runs/{model}/seed{seed}"

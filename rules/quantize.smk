@@ -31,7 +31,7 @@ rule qat:
     params:
         identity=identity,
         settings=train_settings("qat"),
-        objective=qat_objective(config),
+        objective=lambda w: MODEL_OBJECTIVE[w.model],
         quant=lambda w: MODEL_QUANT[w.model],
         calibration=canonical(config["calibration"]),
         config_digest=config_digest(config, "qat"),

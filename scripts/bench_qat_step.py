@@ -31,7 +31,7 @@ from qatstudy.data import get_spec
 from qatstudy.models import set_threads
 from qatstudy.objectives import QATObjective, QATSettings
 from qatstudy.stages import build, freeze_batchnorm
-from qatstudy.workflow import merged_settings, model_quant, qat_objective
+from qatstudy.workflow import merged_settings, model_objective, model_quant
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
@@ -103,7 +103,7 @@ def bench_config(config: dict, *, models: list[str] | None = None, tag: str = "w
                            num_classes=spec.num_classes, scheme=scheme, batch_size=settings["batch_size"],
                            lr=settings["lr"], weight_decay=settings["weight_decay"],
                            label_smoothing=settings.get("label_smoothing", 0.0),
-                           objective=QATSettings(**qat_objective(config)), steps=steps, warmup=warmup)
+                           objective=QATSettings(**model_objective(config, name, SCHEMA)), steps=steps, warmup=warmup)
         rows.append({"model": name, "arch": model["arch"], "bits": tag, **times})
     return rows
 

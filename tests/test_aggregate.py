@@ -66,6 +66,8 @@ def make_runs(root: Path, seeds=(0, 1)) -> dict[str, list[str]]:
                 else:
                     metrics.update(history=[{"epoch": 1, "train_loss": 0.5, "val_top1": 80.0, "epoch_time_s": 1.0,
                                              "images_per_s": 100.0}], best_epoch=1, train_time_s=1.0)
+                if method == "qat":
+                    metrics["objective"] = {"distill_weight": 0.0, "freeze_threshold": 0.02 if model == "vit_t" else None}
                 files["metrics"].append(_write(folder / "metrics.json", metrics))
                 if variant not in DEPLOYED:
                     continue
@@ -130,13 +132,23 @@ def test_accuracy_table_quant_column(tables):
     assert set(quantized[quantized.model == "vit_t"].quant) == {'{"first_last_bits": 8}'}
 
 
-def test_top1_note_names_quant_options_that_differ_between_models(tables, tmp_path):
+def test_accuracy_table_objective_column(tables):
+    acc, _ = tables
+    assert acc[acc.method != "qat"].objective.isna().all()
+    qat = acc[acc.method == "qat"]
+    assert set(qat[qat.model == "vit_t"].objective) == {'{"distill_weight": 0.0, "freeze_threshold": 0.02}'}
+
+
+def test_top1_note_names_quant_and_objective_options_that_differ_between_models(tables, tmp_path):
     acc, b = tables
     note = summary_tables(acc, b, qat_bits=4)["top1_by_bits"].note
-    assert note.endswith("(accuracy.csv, quant column): depthwise_input_bits: resnet_t 8, vit_t –.")
-    assert "first_last_bits" not in note  # the same for both models
-    alike = acc.assign(quant=acc.quant.where(acc.quant.isna(), '{"first_last_bits": 8}'))
-    assert "Quant options" not in summary_tables(alike, b, qat_bits=4)["top1_by_bits"].note
+    assert ("Quant options that differ between models (accuracy.csv, quant column): depthwise_input_bits: resnet_t 8, "
+            "vit_t –. QAT objective options that differ between models (accuracy.csv, objective column): "
+            "freeze_threshold: resnet_t –, vit_t 0.02.") in note
+    assert "first_last_bits" not in note and "distill_weight" not in note  # the same for both models
+    alike = acc.assign(quant=acc.quant.where(acc.quant.isna(), '{"first_last_bits": 8}'),
+                       objective=acc.objective.where(acc.objective.isna(), '{"distill_weight": 0.0}'))
+    assert "options" not in summary_tables(alike, b, qat_bits=4)["top1_by_bits"].note
 
 
 def test_accuracy_table_sorted(tables):

@@ -14,7 +14,8 @@ import yaml
 from snakemake.utils import validate
 
 from qatstudy.io import read_json
-from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads, merged_settings, model_identity, model_quant
+from qatstudy.workflow import (WORKFLOW_CORES_ENV, ablation_arms, job_threads, merged_settings, model_identity,
+                               model_objective, model_quant, qat_objective)
 from helpers import SCHEMA, SCHEMA_PATH, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,6 +186,39 @@ def test_model_quant_merges_the_models_overrides_and_names_bad_ones():
     config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 1}
     with pytest.raises(ValueError, match=re.escape("models.cnn: quant.depthwise_input_bits: 1 is less than")):
         model_quant(config, "cnn", SCHEMA)
+
+
+@needs_fashion_mnist
+def test_a_models_oscillation_override_reschedules_only_its_qat_jobs(tiny_study, tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["models"]["cnn"]["oscillation"] = {"freeze_threshold": 0.02}
+    path = tmp_path / "override.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tiny_study, "--configfile", str(path), "--cores", "2", "all", "--dry-run")
+    counts = job_counts(result.stdout)
+    assert counts["qat"] == counts["export_onnx"] == len(config["bits"]) and "ptq" not in counts
+    assert set(re.findall(r"runs/([^/\s]+)/seed", scheduled_outputs(result.stdout))) == {"cnn"}
+
+
+def test_model_objective_merges_the_models_oscillation_over_the_study_and_arm_sections():
+    config = yaml.safe_load(TINY.read_text())
+    validate(config, str(SCHEMA_PATH))
+    config["models"]["cnn"]["oscillation"] = {"freeze_threshold": 0.02}
+    assert model_objective(config, "cnn", SCHEMA) == {**qat_objective(config), "freeze_threshold": 0.02}
+    assert model_objective(config, "vit", SCHEMA) == qat_objective(config)
+    # an arm's sections stay, except the keys the model sets itself
+    config["ablation"] = {"arms": {"kd": {"distillation": {"weight": 0.5}, "oscillation": {"freeze_threshold": 0.1}}}}
+    validate(config, str(SCHEMA_PATH))
+    arm = ablation_arms(config, SCHEMA)["kd"]
+    assert model_objective(arm, "cnn", SCHEMA) == {**qat_objective(arm), "freeze_threshold": 0.02}
+    assert model_objective(arm, "vit", SCHEMA)["freeze_threshold"] == 0.1
+    assert model_objective(arm, "cnn", SCHEMA)["distill_weight"] == 0.5
+    config["models"]["cnn"]["oscillation"] = {"freeze": 0.02}
+    with pytest.raises(ValueError, match=re.escape("models.cnn.oscillation.freeze: unknown key")):
+        model_objective(config, "cnn", SCHEMA)
+    config["models"]["cnn"]["oscillation"] = {"momentum": 1.5}
+    with pytest.raises(ValueError, match=re.escape("models.cnn: oscillation.momentum: 1.5 is greater than or equal")):
+        model_objective(config, "cnn", SCHEMA)
 
 
 def test_bad_config_key_is_named(tmp_path):

@@ -13,7 +13,7 @@ from .io import atomic_path, read_json
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
 
 ACCURACY_COLUMNS = ["model", "family", "arch", "method", "w_bits", "a_bits", "seed", "top1", "val_top1",
-                    "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", "quant", *PROVENANCE_COLUMNS]
+                    "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", "quant", "objective", *PROVENANCE_COLUMNS]
 # what a bench JSON (bench_cpu.json, bench_trt_<precision>.json) says of the run, besides its rows: the model and
 # the bytes a b-bit weight store takes (packed_bytes, from the run's metrics)
 BENCH_IDENTITY = ("model", "family", "method", "w_bits", "a_bits", "seed", "packed_bytes")
@@ -35,7 +35,8 @@ def accuracy_table(metrics_files: list[str], onnx_files: list[str]) -> pd.DataFr
         d = deployed.get(_variant_dir(f), {})
         rows.append({**{k: m.get(k) for k in ACCURACY_COLUMNS}, "top1": m["test_top1"],
                      "onnx_top1": d.get("onnx_top1"), "onnx_bytes": d.get("onnx_bytes"),
-                     "quant": quant_options_text(m.get("quant")), **provenance_columns(m)})
+                     "quant": quant_options_text(m.get("quant")), "objective": options_text(m.get("objective")),
+                     **provenance_columns(m)})
     frame = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
     # nullable integers: a float column would be written in write_csv's 6 significant digits
     frame["onnx_bytes"] = frame.onnx_bytes.astype("Int64")
@@ -46,16 +47,20 @@ def accuracy_table(metrics_files: list[str], onnx_files: list[str]) -> pd.DataFr
 def quant_options_text(quant: dict | None) -> str | None:
     """A quantized run's quant options other than its bit pair, as sorted JSON (the accuracy table's quant column,
     so that a model quantized with its own options, `models.<name>.quant`, says so); None for an FP32 run."""
-    if quant is None:
-        return None
-    return json.dumps({k: v for k, v in quant.items() if k not in ("w_bits", "a_bits")}, sort_keys=True)
+    return None if quant is None else options_text({k: v for k, v in quant.items() if k not in ("w_bits", "a_bits")})
 
 
-def quant_differences_text(accuracy: pd.DataFrame) -> str:
-    """The quant options whose values differ between models, with each model's value ("–": not set), e.g.
-    "depthwise_input_bits: mobilenet 8, resnet –"; empty where every model is quantized alike."""
-    options = {model: json.loads(group.quant.iloc[0])
-               for model, group in accuracy.dropna(subset=["quant"]).groupby("model", sort=True)}
+def options_text(options: dict | None) -> str | None:
+    """Options as sorted JSON (the accuracy table's quant and objective columns); None where a run has none (the
+    objective of a QAT run: distillation, regularizer and oscillation settings, `models.<name>.oscillation` included)."""
+    return None if options is None else json.dumps(options, sort_keys=True)
+
+
+def option_differences_text(accuracy: pd.DataFrame, column: str) -> str:
+    """The options in `column` (quant, objective) whose values differ between models, with each model's value
+    ("–": not set or null), e.g. "depthwise_input_bits: mobilenet 8, resnet –"; empty where every model is alike."""
+    options = {model: json.loads(group[column].iloc[0])
+               for model, group in accuracy.dropna(subset=[column]).groupby("model", sort=True)}
     keys = sorted({key for values in options.values() for key in values})
     differing = [k for k in keys if len({json.dumps(values.get(k)) for values in options.values()}) > 1]
     return "; ".join(f"{key}: " + ", ".join(f"{model} {'–' if values.get(key) is None else values[key]}"
@@ -170,9 +175,10 @@ def top1_by_bits_table(accuracy: pd.DataFrame) -> Table:
                   align="lll" + "r" * len(pairs),
                   note="Full test split, PyTorch; mean ± std over seeds where there are several. The FP32 "
                        "column is the model both methods start from.")
-    differences = quant_differences_text(accuracy)
-    if differences:
-        table.note += f" Quant options that differ between models (accuracy.csv, quant column): {differences}."
+    for column, what in (("quant", "Quant options"), ("objective", "QAT objective options")):
+        differences = option_differences_text(accuracy, column)
+        if differences:
+            table.note += f" {what} that differ between models (accuracy.csv, {column} column): {differences}."
     fp32 = accuracy[accuracy.method == "fp32"]
     quantized = accuracy[accuracy.method != "fp32"]
     for (family, model, method), group in quantized.groupby(["family", "model", "method"], sort=True):

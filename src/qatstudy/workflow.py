@@ -18,6 +18,9 @@ _SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
 # The config sections an ablation arm may override: everything that shapes a QAT run except its
 # training settings, which stay the study's so that arms differ only in what they ablate.
 ARM_SECTIONS = ("distillation", "regularizer", "quant", "oscillation")
+# The config sections a model may override (models.<name>.<section>). Not distillation or the regularizer: the
+# ablation arms switch those on and off, and a model's own value would override its baseline arm's.
+MODEL_SECTIONS = ("quant", "oscillation")
 # The config's quant options that apply to the sensitivity analysis; first/last and attention bits do not, since
 # each group is measured at the sensitivity bit-width.
 SENSITIVITY_QUANT_OPTIONS = ("weight_per_channel", "act_asymmetric")
@@ -98,11 +101,22 @@ def ablation_arms(config: dict, schema: dict) -> dict[str, dict]:
     return arms
 
 
+def model_config(config: dict, model: str, schema: dict) -> dict:
+    """`config` with the model's own overrides of MODEL_SECTIONS applied (checked against the schema, an error naming
+    models.<model>.<section>). An ablation arm's config passed here keeps the arm's values for every key the model
+    does not set itself."""
+    spec = config["models"][model]
+    return _with_overrides(config, {s: spec[s] for s in MODEL_SECTIONS if s in spec}, schema, f"models.{model}")
+
+
 def model_quant(config: dict, model: str, schema: dict) -> dict:
-    """The quant section for `model`: the config's, with the model's own `quant` overrides applied (checked against
-    the schema, an error naming models.<model>.quant)."""
-    overrides = config["models"][model].get("quant", {})
-    return canonical(_with_overrides(config, {"quant": overrides}, schema, f"models.{model}")["quant"])
+    """The quant section for `model`'s PTQ and QAT runs."""
+    return canonical(model_config(config, model, schema)["quant"])
+
+
+def model_objective(config: dict, model: str, schema: dict) -> dict:
+    """The QAT objective (qat_objective) for `model`'s QAT runs."""
+    return qat_objective(model_config(config, model, schema))
 
 
 def _with_overrides(config: dict, overrides: dict, schema: dict, where: str) -> dict:
