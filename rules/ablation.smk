@@ -1,16 +1,15 @@
 # The QAT ablation: per arm (baseline, +KD, +regularizer, +module-dependent, ...), model, seed and
 # bit-width, the qat rule's job with the arm's distillation / regularizer / quant / oscillation
-# overrides, then one table. Params are per arm, so editing one arm reruns only that arm's jobs.
+# overrides (on top of the model's own quant / oscillation ones), then one table. Params are per
+# arm, so editing one arm reruns only that arm's jobs.
 
 import re
 
-from qatstudy.workflow import ablation_arms, ablation_models
+from qatstudy.workflow import ablation_arms, ablation_models, arm_config, qat_objective
 
 ARMS = ablation_arms(config, SCHEMA)
 ABLATION_MODELS = ablation_models(config)
-# each arm's sections with the model's own overrides on top (qatstudy.workflow.model_config)
-ARM_QUANT = {(arm, model): model_quant(ARMS[arm], model, SCHEMA) for arm in ARMS for model in MODELS}
-ARM_OBJECTIVE = {(arm, model): model_objective(ARMS[arm], model, SCHEMA) for arm in ARMS for model in MODELS}
+ARM_CONFIG = {(arm, model): arm_config(config, arm, model, SCHEMA) for arm in ARMS for model in MODELS}
 ABLATION_TAGS = bit_tags(config["ablation"]["bits"])
 ABLATION_RUN = f"{RUN}/ablation/{{arm}}_{{tag}}"
 
@@ -25,8 +24,8 @@ use rule qat as ablation_qat with:
         metrics=f"{ABLATION_RUN}/metrics.json",
     params:
         identity=lambda w: canonical({**identity(w), "arm": w.arm}),
-        objective=lambda w: ARM_OBJECTIVE[w.arm, w.model],
-        quant=lambda w: ARM_QUANT[w.arm, w.model],
+        objective=lambda w: qat_objective(ARM_CONFIG[w.arm, w.model]),
+        quant=lambda w: canonical(ARM_CONFIG[w.arm, w.model]["quant"]),
         config_digest=lambda w: config_digest(ARMS[w.arm], "qat"),
     log:
         "logs/ablation/{model}_seed{seed}_{arm}_{tag}.log",

@@ -105,8 +105,8 @@ def test_an_arm_keeps_the_study_settings_it_does_not_override():
 @pytest.mark.parametrize(("arm", "message"), [
     ({"distillation": {"wieght": 0.5}}, "ablation.arms.bad.distillation.wieght: unknown key"),
     ({"qat": {"epochs": 3}}, "ablation.arms.bad.qat: unknown key"),
-    ({"regularizer": {"weight": -1}}, "ablation.arms.bad: regularizer.weight: -1 is less than the minimum"),
-    ({"quant": {"first_last_bits": 9}}, "ablation.arms.bad: quant.first_last_bits: 9"),
+    ({"regularizer": {"weight": -1}}, "ablation.arms.bad.regularizer.weight: -1 is less than the minimum"),
+    ({"quant": {"first_last_bits": 9}}, "ablation.arms.bad.quant.first_last_bits: 9"),
 ])
 def test_bad_arm_overrides_name_the_arm_and_key(arm, message):
     config = validated(tiny_ablation_config(arms={"baseline": {}, "bad": arm}))

@@ -14,7 +14,7 @@ import yaml
 from snakemake.utils import validate
 
 from qatstudy.io import read_json
-from qatstudy.workflow import (WORKFLOW_CORES_ENV, ablation_arms, job_threads, merged_settings, model_identity,
+from qatstudy.workflow import (WORKFLOW_CORES_ENV, arm_config, job_threads, merged_settings, model_identity,
                                model_objective, model_quant, qat_objective)
 from helpers import SCHEMA, SCHEMA_PATH, needs_fashion_mnist
 
@@ -184,7 +184,7 @@ def test_model_quant_merges_the_models_overrides_and_names_bad_ones():
     with pytest.raises(ValueError, match=re.escape("models.cnn.quant.depthwise_bits: unknown key")):
         model_quant(config, "cnn", SCHEMA)
     config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 1}
-    with pytest.raises(ValueError, match=re.escape("models.cnn: quant.depthwise_input_bits: 1 is less than")):
+    with pytest.raises(ValueError, match=re.escape("models.cnn.quant.depthwise_input_bits: 1 is less than")):
         model_quant(config, "cnn", SCHEMA)
 
 
@@ -200,25 +200,33 @@ def test_a_models_oscillation_override_reschedules_only_its_qat_jobs(tiny_study,
     assert set(re.findall(r"runs/([^/\s]+)/seed", scheduled_outputs(result.stdout))) == {"cnn"}
 
 
-def test_model_objective_merges_the_models_oscillation_over_the_study_and_arm_sections():
+def test_model_objective_merges_the_models_oscillation_over_the_studys():
     config = yaml.safe_load(TINY.read_text())
     validate(config, str(SCHEMA_PATH))
     config["models"]["cnn"]["oscillation"] = {"freeze_threshold": 0.02}
     assert model_objective(config, "cnn", SCHEMA) == {**qat_objective(config), "freeze_threshold": 0.02}
     assert model_objective(config, "vit", SCHEMA) == qat_objective(config)
-    # an arm's sections stay, except the keys the model sets itself
-    config["ablation"] = {"arms": {"kd": {"distillation": {"weight": 0.5}, "oscillation": {"freeze_threshold": 0.1}}}}
-    validate(config, str(SCHEMA_PATH))
-    arm = ablation_arms(config, SCHEMA)["kd"]
-    assert model_objective(arm, "cnn", SCHEMA) == {**qat_objective(arm), "freeze_threshold": 0.02}
-    assert model_objective(arm, "vit", SCHEMA)["freeze_threshold"] == 0.1
-    assert model_objective(arm, "cnn", SCHEMA)["distill_weight"] == 0.5
     config["models"]["cnn"]["oscillation"] = {"freeze": 0.02}
     with pytest.raises(ValueError, match=re.escape("models.cnn.oscillation.freeze: unknown key")):
         model_objective(config, "cnn", SCHEMA)
     config["models"]["cnn"]["oscillation"] = {"momentum": 1.5}
-    with pytest.raises(ValueError, match=re.escape("models.cnn: oscillation.momentum: 1.5 is greater than or equal")):
+    with pytest.raises(ValueError, match=re.escape("models.cnn.oscillation.momentum: 1.5 is greater than or equal")):
         model_objective(config, "cnn", SCHEMA)
+
+
+def test_an_arms_keys_win_over_the_models_and_the_models_others_stay():
+    config = yaml.safe_load(TINY.read_text())
+    config["models"]["cnn"]["oscillation"] = {"freeze_threshold": 0.02, "momentum": 0.9}
+    config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 8}
+    config["ablation"] = {"arms": {"baseline": {}, "kd": {"distillation": {"weight": 0.5},
+                                                          "oscillation": {"freeze_threshold": None}}}}
+    validate(config, str(SCHEMA_PATH))
+    baseline, kd = (qat_objective(arm_config(config, arm, "cnn", SCHEMA)) for arm in ("baseline", "kd"))
+    assert baseline == model_objective(config, "cnn", SCHEMA)  # an arm that sets nothing runs the model's recipe
+    assert kd == {**baseline, "distill_weight": 0.5, "freeze_threshold": None}
+    assert kd["oscillation_momentum"] == 0.9
+    assert arm_config(config, "kd", "cnn", SCHEMA)["quant"]["depthwise_input_bits"] == 8
+    assert qat_objective(arm_config(config, "kd", "vit", SCHEMA)) == {**qat_objective(config), "distill_weight": 0.5}
 
 
 def test_bad_config_key_is_named(tmp_path):

@@ -13,7 +13,8 @@ from .io import atomic_path, read_json
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
 
 ACCURACY_COLUMNS = ["model", "family", "arch", "method", "w_bits", "a_bits", "seed", "top1", "val_top1",
-                    "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", "quant", "objective", *PROVENANCE_COLUMNS]
+                    "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", "quant", "objective",
+                    *PROVENANCE_COLUMNS]
 # what a bench JSON (bench_cpu.json, bench_trt_<precision>.json) says of the run, besides its rows: the model and
 # the bytes a b-bit weight store takes (packed_bytes, from the run's metrics)
 BENCH_IDENTITY = ("model", "family", "method", "w_bits", "a_bits", "seed", "packed_bytes")

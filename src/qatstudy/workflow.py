@@ -19,7 +19,8 @@ _SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
 # training settings, which stay the study's so that arms differ only in what they ablate.
 ARM_SECTIONS = ("distillation", "regularizer", "quant", "oscillation")
 # The config sections a model may override (models.<name>.<section>). Not distillation or the regularizer: the
-# ablation arms switch those on and off, and a model's own value would override its baseline arm's.
+# ablation arms switch those on from the study's "off", and a model's own value would carry into the arms that
+# leave them alone (the baseline).
 MODEL_SECTIONS = ("quant", "oscillation")
 # The config's quant options that apply to the sensitivity analysis; first/last and attention bits do not, since
 # each group is measured at the sensitivity bit-width.
@@ -103,10 +104,16 @@ def ablation_arms(config: dict, schema: dict) -> dict[str, dict]:
 
 def model_config(config: dict, model: str, schema: dict) -> dict:
     """`config` with the model's own overrides of MODEL_SECTIONS applied (checked against the schema, an error naming
-    models.<model>.<section>). An ablation arm's config passed here keeps the arm's values for every key the model
-    does not set itself."""
+    models.<model>.<section>.<key>)."""
     spec = config["models"][model]
     return _with_overrides(config, {s: spec[s] for s in MODEL_SECTIONS if s in spec}, schema, f"models.{model}")
+
+
+def arm_config(config: dict, arm: str, model: str, schema: dict) -> dict:
+    """The config of `model`'s runs in ablation arm `arm`: the model's own overrides, then the arm's, so that a key
+    the arm sets is what the arm ablates, whatever the model sets."""
+    return _with_overrides(model_config(config, model, schema), config["ablation"]["arms"][arm], schema,
+                           f"ablation.arms.{arm}")
 
 
 def model_quant(config: dict, model: str, schema: dict) -> dict:
@@ -132,7 +139,7 @@ def _with_overrides(config: dict, overrides: dict, schema: dict, where: str) -> 
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(merged))
     if error is not None:
         path = ".".join(str(p) for p in error.absolute_path)
-        raise ValueError(f"{where}: {path}: {error.message}")
+        raise ValueError(f"{where}.{path}: {error.message}" if path else f"{where}: {error.message}")
     return merged
 
 
