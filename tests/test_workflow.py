@@ -35,6 +35,18 @@ def scheduled_outputs(dry_run_output: str) -> str:
     return "\n".join(line for line in dry_run_output.splitlines() if line.strip().startswith("output:"))
 
 
+def dry_run_all(workdir: Path, tmp_path: Path, config: dict) -> str:
+    """The output of `snakemake all --dry-run` in `workdir` with `config` as the config file."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return snakemake(workdir, "--configfile", str(path), "--cores", "2", "all", "--dry-run").stdout
+
+
+def scheduled_models(dry_run_output: str) -> set[str]:
+    """The models whose run folders scheduled jobs write to."""
+    return set(re.findall(r"runs/([^/\s]+)/seed", scheduled_outputs(dry_run_output)))
+
+
 def scheduled_variants(dry_run_output: str) -> set[str]:
     """The run folders (fp32, ptq_w4a4, ...) that scheduled jobs write to."""
     return set(re.findall(r"runs/[^/\s]+/seed\d+/(\w+)/", scheduled_outputs(dry_run_output)))
@@ -150,14 +162,12 @@ def test_second_run_has_nothing_to_do(tiny_study):
 def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["bits"] = config["bits"] + [2]
-    wider = tmp_path / "wider.yaml"
-    wider.write_text(yaml.safe_dump(config))
-    result = snakemake(tiny_study, "--configfile", str(wider), "--cores", "2", "all", "--dry-run")
-    counts = job_counts(result.stdout)
+    output = dry_run_all(tiny_study, tmp_path, config)
+    counts = job_counts(output)
     n_models = len(config["models"])
     assert counts == {"ptq": n_models, "qat": n_models, "export_onnx": n_models, "bench_cpu": n_models,
                       "aggregate": 1, "render_figures": 1, "all": 1, "total": 4 * n_models + 3}
-    scheduled = scheduled_variants(result.stdout)
+    scheduled = scheduled_variants(output)
     assert scheduled == {"ptq_w2a2", "qat_w2a2"}
 
 
@@ -165,13 +175,11 @@ def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
 def test_a_models_quant_override_reschedules_only_its_quantized_jobs(tiny_study, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 8}
-    path = tmp_path / "override.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = snakemake(tiny_study, "--configfile", str(path), "--cores", "2", "all", "--dry-run")
-    counts = job_counts(result.stdout)
+    output = dry_run_all(tiny_study, tmp_path, config)
+    counts = job_counts(output)
     n_bits = len(config["bits"])
     assert counts["ptq"] == counts["qat"] == counts["export_onnx"] == n_bits and "train_fp32" not in counts
-    assert set(re.findall(r"runs/([^/\s]+)/seed", scheduled_outputs(result.stdout))) == {"cnn"}
+    assert scheduled_models(output) == {"cnn"}
 
 
 def test_model_quant_merges_the_models_overrides_and_names_bad_ones():
@@ -192,12 +200,10 @@ def test_model_quant_merges_the_models_overrides_and_names_bad_ones():
 def test_a_models_oscillation_override_reschedules_only_its_qat_jobs(tiny_study, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["models"]["cnn"]["oscillation"] = {"freeze_threshold": 0.02}
-    path = tmp_path / "override.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = snakemake(tiny_study, "--configfile", str(path), "--cores", "2", "all", "--dry-run")
-    counts = job_counts(result.stdout)
+    output = dry_run_all(tiny_study, tmp_path, config)
+    counts = job_counts(output)
     assert counts["qat"] == counts["export_onnx"] == len(config["bits"]) and "ptq" not in counts
-    assert set(re.findall(r"runs/([^/\s]+)/seed", scheduled_outputs(result.stdout))) == {"cnn"}
+    assert scheduled_models(output) == {"cnn"}
 
 
 def test_model_objective_merges_the_models_oscillation_over_the_studys():

@@ -93,13 +93,17 @@ def ablation_arms(config: dict, schema: dict) -> dict[str, dict]:
     earlier arms' overrides). Keys are checked against the schema's sections, and each arm's
     merged config is validated against the whole schema, so a typo or a bad value names the arm.
     """
-    arms = {}
-    for arm, overrides in config["ablation"]["arms"].items():
-        for section in overrides:
-            if section not in ARM_SECTIONS:
-                raise ValueError(f"ablation.arms.{arm}.{section}: unknown key; an arm overrides {', '.join(ARM_SECTIONS)}")
-        arms[arm] = _with_overrides(config, overrides, schema, f"ablation.arms.{arm}")
-    return arms
+    return {arm: _with_overrides(config, _arm_overrides(config, arm), schema, f"ablation.arms.{arm}")
+            for arm in config["ablation"]["arms"]}
+
+
+def _arm_overrides(config: dict, arm: str) -> dict:
+    """Ablation arm `arm`'s section overrides, each section checked to be one of ARM_SECTIONS."""
+    overrides = config["ablation"]["arms"][arm]
+    for section in overrides:
+        if section not in ARM_SECTIONS:
+            raise ValueError(f"ablation.arms.{arm}.{section}: unknown key; an arm overrides {', '.join(ARM_SECTIONS)}")
+    return overrides
 
 
 def model_config(config: dict, model: str, schema: dict) -> dict:
@@ -112,7 +116,7 @@ def model_config(config: dict, model: str, schema: dict) -> dict:
 def arm_config(config: dict, arm: str, model: str, schema: dict) -> dict:
     """The config of `model`'s runs in ablation arm `arm`: the model's own overrides, then the arm's, so that a key
     the arm sets is what the arm ablates, whatever the model sets."""
-    return _with_overrides(model_config(config, model, schema), config["ablation"]["arms"][arm], schema,
+    return _with_overrides(model_config(config, model, schema), _arm_overrides(config, arm), schema,
                            f"ablation.arms.{arm}")
 
 
