@@ -303,13 +303,13 @@ def test_w4a4_weights_stay_in_4_bit_range(art):
 
 def test_w4a4_activation_quantizers_clip_to_4_bits(art):
     """In the TensorRT layout every activation is int8 with zero point 0; the clamp in front keeps 4 bits:
-    [-8, 7] steps where signed, [0, 15] where unsigned (exact in int8 up to 7 bits)."""
+    [-z, 15 - z] steps for a calibrated zero point z, [0, 15] where unsigned (exact in int8 up to 7 bits)."""
     model = onnx.load(str(art["trt"]["w4a4"]))
     values = _constant_values(model)
     producers = _producers(model)
     quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert len(quantize) == QUANT_LAYERS
-    unsigned = []
+    unsigned, ranges = [], {}
     for node in quantize:
         scale, zero = values[node.input[1]], values[node.input[2]]
         clip = producers[node.input[0]]
@@ -319,8 +319,11 @@ def test_w4a4_activation_quantizers_clip_to_4_bits(art):
         if lo == 0.0:
             unsigned.append(node)
             assert hi / float(scale) == pytest.approx(15, rel=1e-6)
-        else:
-            assert lo / float(scale) == pytest.approx(-8, rel=1e-6) and hi / float(scale) == pytest.approx(7, rel=1e-6)
+        else:  # a calibrated zero point z: [-z, 15 - z] steps (z = 8: the signed range)
+            zero_point = -lo / float(scale)
+            assert zero_point == pytest.approx(round(zero_point), abs=1e-4) and 1 <= round(zero_point) <= 15
+            assert hi / float(scale) == pytest.approx(15 - round(zero_point), rel=1e-5)
+        ranges[node.name] = (round(lo / float(scale)), round(hi / float(scale)))
     # the three post-ReLU inputs are unsigned; the first layer sees normalised (signed) pixels
     assert len(unsigned) == 3
     assert producers[quantize[0].input[0]].input[0] == "input" and quantize[0] not in unsigned
@@ -332,7 +335,7 @@ def test_w4a4_activation_quantizers_clip_to_4_bits(art):
     outs = _ort(probe).run(None, {"input": x})[1:]
     for node, q in zip(quantize, outs):
         assert q.dtype == np.int8
-        assert (q.min(), q.max()) == ((0, 15) if node in unsigned else (-8, 7))
+        assert (q.min(), q.max()) == ranges[node.name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,8 +373,8 @@ def _dequantized_inputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("tag", ["w8a8", "w4a4"])
 def test_onnxruntime_layout_keeps_the_trained_quantizers(art, tag):
-    """Where the CPU layout only rewrites (BN folded into conv1's weight steps, signed input into uint8 with zero
-    point 8 or 128, conv2's input quantizer moved onto conv1's output with the ReLU and the 4-bit clamp as an
+    """Where the CPU layout only rewrites (BN folded into conv1's weight steps, the input into uint8 with its
+    calibrated zero point, conv2's input quantizer moved onto conv1's output with the ReLU and the 4-bit clamp as an
     integer Clip), the values entering conv1 and conv2 are the reference graph's (the TensorRT layout at 4 bits);
     the new quantizer on conv2's output changes fc1's input only slightly."""
     x = art["splits"].x["test"].numpy()
@@ -379,7 +382,8 @@ def test_onnxruntime_layout_keeps_the_trained_quantizers(art, tag):
     np.testing.assert_array_equal(cpu[0], reference[0])
     if tag == "w4a4":
         step = np.diff(np.unique(reference[1])).min()
-        assert (cpu[1] == reference[1]).mean() > 0.999 and np.abs(cpu[1] - reference[1]).max() <= step * 1.0001
+        # only values at a bin edge, where the folded conv's other order of float operations rounds the other way
+        assert (cpu[1] == reference[1]).mean() > 0.995 and np.abs(cpu[1] - reference[1]).max() <= step * 1.0001
     assert np.abs(cpu[2] - reference[2]).mean() < 0.05 * np.abs(reference[2]).mean()
 
 

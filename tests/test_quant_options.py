@@ -192,3 +192,55 @@ def test_model_size_counts_offsets_as_fp32_quantizer_state():
     # weights at 4 bits + 32 steps + bias + activation step and offset, all FP32
     assert sizes["packed_bytes"] == 64 * 32 // 2 + 4 * (32 + 32 + 1 + 1)
     assert sizes["fp32_bytes"] == 4 * (64 * 32 + 32)
+
+
+def _calibrated_input(values: torch.Tensor, bits: int, method: str = "mse") -> LSQQuantizer:
+    layer = quant.quantize_model(nn.Sequential(nn.Linear(values.shape[1], 2)), QuantScheme(8, bits))[0]
+    quant.calibrate(nn.Sequential(layer), [values], method=method)
+    return layer.input_quantizer
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6])
+def test_calibration_gives_post_gelu_inputs_a_zero_point_near_the_bottom(bits):
+    """GELU's output dips to -0.17: its zero point leaves a few levels below zero and most above, where the signed
+    range would spend half of them on negatives; a ReLU output stays unsigned, a symmetric input near the middle."""
+    torch.manual_seed(bits)
+    gelu = torch.nn.functional.gelu(torch.randn(512, 64) * 2)
+    q = _calibrated_input(gelu, bits)
+    assert 0 <= int(q.zero_point) < 2 ** (bits - 2)
+    assert q(gelu).min() < 0 or int(q.zero_point) == 0  # negative levels exist exactly when z > 0
+    assert int(_calibrated_input(torch.relu(gelu), bits).zero_point) == 0
+    symmetric = _calibrated_input(torch.randn(512, 64), bits).zero_point
+    assert abs(int(symmetric) - 2 ** (bits - 1)) <= max(1, 2 ** (bits - 3))
+
+
+def test_post_gelu_zero_point_quantizes_with_less_error_than_the_signed_range():
+    torch.manual_seed(0)
+    gelu = torch.nn.functional.gelu(torch.randn(512, 64) * 2)
+    calibrated = _calibrated_input(gelu, 3)
+    signed = LSQQuantizer(3, signed=True)
+    signed.init_step(quant.init_step_size(gelu.reshape(1, -1), 3, True, "mse"))
+    errors = [float(((q(gelu) - gelu) ** 2).mean()) for q in (calibrated, signed)]
+    assert errors[0] < 0.7 * errors[1]
+
+
+def test_8_bit_inputs_keep_the_zero_points_tensorrt_holds():
+    torch.manual_seed(0)
+    gelu = torch.nn.functional.gelu(torch.randn(512, 64) * 2)
+    assert int(_calibrated_input(gelu, 8).zero_point) == 128
+    assert int(_calibrated_input(torch.relu(gelu), 8).zero_point) == 0
+
+
+@pytest.mark.parametrize("bits,zero_point", [(4, 2), (3, 1), (8, 40)])
+def test_zero_point_quantizer_exports_exactly(bits, zero_point):
+    """Below 8 bits an offset range fits int8 with zero point 0 behind its clamp; an 8-bit one is a uint8 Q/DQ with
+    the zero point itself: either way onnxruntime computes the fake-quant values."""
+    layer = quant.quantize_model(nn.Sequential(nn.Linear(16, 4)), QuantScheme(8, bits))[0]
+    quant.calibrate(nn.Sequential(layer), [torch.randn(64, 16)], method="minmax")
+    layer.input_quantizer.set_zero_point(zero_point)
+    layer.input_quantizer.init_step(torch.tensor([0.11]))
+    x = torch.randn(32, 16) * 2
+    expected, onnx_bytes = export_quantized(nn.Sequential(layer).eval(), x)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected, atol=1e-5)
+    assert layer.input_quantizer.qmin == -zero_point and layer.input_quantizer.qmax == 2**bits - 1 - zero_point

@@ -254,15 +254,15 @@ def test_qat_checkpoint_round_trip_and_frozen_batchnorm(data, fp32, tmp_path, mo
 def test_quantizer_steps_train_at_their_own_learning_rate(data, tmp_path):
     model = stages.build(ARCH, KWARGS, num_classes=10, in_chans=1, scheme=SCHEME)
     splits = stages.Splits(data)
-    # calibration decides which activation quantizers are unsigned (a larger qmax)
+    # calibration decides each activation quantizer's zero point (unsigned: a larger qmax)
     stages.calibrate_on_training_split(model, splits, method="minmax", images=BATCH, batch_size=BATCH, seed=0)
     halved = dataclasses.replace(settings(), quantizer_lr_scale=0.5)
     lr_of = {id(p): (group.get("lr", halved.lr), group["weight_decay"]) for group in train_module.param_groups(model, halved)
              for p in group["params"]}
     assert len(lr_of) == len(list(model.parameters()))
     for name, q in quant.quantizers(model):
-        assert lr_of[id(q.step)] == (halved.lr * 0.5 / q.qmax, 0.0), name
-    assert {q.qmax for _, q in quant.quantizers(model)} == {7, 15}
+        assert lr_of[id(q.step)] == (halved.lr * 0.5 / q.step_levels, 0.0), name
+    assert {7, 15} <= {q.step_levels for _, q in quant.quantizers(model)}  # signed and unsigned among them
     assert lr_of[id(model.head.weight)] == (halved.lr, halved.weight_decay)
 
     frozen_steps = dataclasses.replace(settings(), quantizer_lr_scale=0.0)

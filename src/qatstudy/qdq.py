@@ -17,8 +17,9 @@ quantization computes, but neither runtime runs it as integer arithmetic as it s
   quantizer calibrated on the model's own activations: the one approximation of this layout. Weights are stored
   so that onnxruntime's uint8 x int8 kernels cannot saturate (widen_overflowing_weights).
 - `trt_layout` (TensorRT). TensorRT reads only symmetric INT8 Q/DQ with zero point 0 and fuses the rest itself.
-  Unsigned activations of up to 7 bits fit int8 [0, 127] exactly; unsigned 8-bit activations ([0, 255] steps)
-  do not, and are exported with twice the step on [0, 127]: one bit of resolution less than trained. MatMul/Gemm
+  Activations of up to 7 bits fit int8 exactly whatever their zero point (unsigned ones on [0, 127]); unsigned
+  8-bit activations ([0, 255] steps) do not, and are exported with twice the step: one bit of resolution less than
+  trained. MatMul/Gemm
   weights of 4 bits or fewer become TensorRT's weight-only INT4 where its block sizes fit (`int4_weights`).
 """
 
@@ -635,10 +636,8 @@ def trt_layout(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     def convert(q: onnx.NodeProto, p: _QParams):
         if p.zero_point.dtype != np.uint8:
             return None
-        if int(p.zero_point) != 0:
-            raise ValueError(f"{q.name}: TensorRT needs zero point 0; this export has {int(p.zero_point)}")
-        top = _clamped_range(g, q, p)[1]
-        if top <= 127:
+        low, top = _clamped_range(g, q, p)
+        if low >= -128 and top <= 127:
             return p.scale, np.array(0, np.int8)
         halved.append(q.name)
         return 2 * p.scale, np.array(0, np.int8)

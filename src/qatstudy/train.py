@@ -54,7 +54,7 @@ def param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
     no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()  # as timm's optimizer factory
     by_qmax = collections.defaultdict(list)
     for _, quantizer in quantizers(model):
-        by_qmax[quantizer.qmax].extend(quantizer.parameters(recurse=False))
+        by_qmax[quantizer.step_levels].extend(quantizer.parameters(recurse=False))
     quantizer_ids = {id(p) for params in by_qmax.values() for p in params}
     groups = [{**group, "params": [p for p in group["params"] if id(p) not in quantizer_ids]}
               for group in timm.optim.param_groups_weight_decay(model, settings.weight_decay, no_weight_decay_list=no_decay)]
@@ -123,11 +123,13 @@ def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int,
             optimizer.step()
             scheduler.step()
             if objective is not None:
-                objective.after_step()
+                objective.after_step((epoch * steps_per_epoch + step + 1) / (settings.epochs * steps_per_epoch))
             total_loss += loss.item() * len(yb)
             seen += len(yb)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
         epoch_time = time.perf_counter() - start
+        if objective is not None:
+            objective.end_epoch()
         val_top1 = evaluate(model, splits.x["val"], splits.y["val"])
         state["history"].append({"epoch": epoch + 1, "train_loss": total_loss / seen, "val_top1": val_top1,
                                  "epoch_time_s": epoch_time, "images_per_s": seen / epoch_time,
@@ -145,6 +147,8 @@ def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int,
             torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "rng": _rng_state(generator), "state": state,
                         "objective": objective.state_dict() if objective is not None else None}, tmp)
+    if objective is not None:
+        objective.release()
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     best_epoch = max(state["history"], key=lambda h: h["val_top1"])["epoch"] if state["history"] else 0

@@ -58,7 +58,8 @@ def qat_objective(config: dict) -> dict:
     distill, reg, osc = config["distillation"], config["regularizer"], config["oscillation"]
     return canonical({"distill_weight": distill["weight"], "distill_temperature": distill["temperature"],
             "crops": distill["crops"], "regularizer_weight": reg["weight"], "oscillation_momentum": osc["momentum"],
-            "oscillation_threshold": osc["threshold"], "freeze_threshold": osc["freeze_threshold"]})
+            "oscillation_threshold": osc["threshold"], "freeze_threshold": osc["freeze_threshold"],
+            "freeze_threshold_final": osc["freeze_threshold_final"], "freeze_max_bits": osc["freeze_max_bits"]})
 
 
 def config_digest(config: dict, stage: str, **settings) -> dict:

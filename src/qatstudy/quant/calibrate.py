@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .modules import quant_modules, quantizers
-from .quantizer import LSQQuantizer, integer_range
+from .quantizer import LSQQuantizer, integer_range, integer_range_of, signed_zero_point
 
 CALIBRATION_METHODS = ("minmax", "percentile", "mse")
 _MAX_SAMPLES = 1 << 16  # activation values kept per quantizer; enough for a stable percentile
@@ -79,6 +79,34 @@ def init_asymmetric_range(x: torch.Tensor, bits: int, method: str) -> tuple[torc
     return ((best_hi - best_lo) / qmax).clamp_min(1e-8), best_lo
 
 
+def init_zero_point_range(x: torch.Tensor, bits: int, method: str, minimum: float | None = None
+                          ) -> tuple[torch.Tensor, int]:
+    """Initial (step, integer zero point) for one row of activation values `x` ([1, values]), a sample of an input
+    whose smallest value is `minimum` (default: the sample's).
+
+    An input that is never negative gets zero point 0, the unsigned range. Otherwise, below 8 bits, the zero point
+    is the calibrated asymmetric range's offset in steps, rounded (so an input that is mostly non-negative, such as
+    GELU's output, keeps most of its levels above zero); with `mse`, the signed symmetric range competes, and the
+    range with the smaller squared error wins. At 8 bits the choice is between the unsigned and the signed range
+    only: TensorRT holds just zero point 0 in int8, and another 8-bit zero point would cost TensorRT's file a bit of
+    resolution (qdq.trt_layout) for a gain that at 8 bits is negligible.
+    """
+    unsigned = (float(x.min()) if minimum is None else minimum) >= 0
+    if unsigned or bits == 8:
+        zero_point = 0 if unsigned else signed_zero_point(bits)
+        return init_step_size(x, bits, not unsigned, method), zero_point
+    levels = 2**bits - 1
+    step, low = init_asymmetric_range(x, bits, method)
+    candidates = [(step, int(torch.clamp(torch.round(-low / step), 0, levels)))]
+    if method == "mse":
+        candidates.append((init_step_size(x, bits, True, method), signed_zero_point(bits)))
+
+    def error(candidate):
+        step, zero_point = candidate
+        return float(((_fake_quant(x, step, *integer_range_of(bits, zero_point)) - x) ** 2).mean())
+    return min(candidates, key=error)
+
+
 def init_quantizer(q: LSQQuantizer, rows: torch.Tensor, method: str) -> None:
     """Set `q`'s step (and offset) from sample values, one row per step size."""
     if q.asymmetric:
@@ -120,8 +148,8 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "
     Weight quantizers start from their weights. Activation quantizers (layer inputs and, where
     wrapped, attention internals) start from values observed on the float model: while
     calibrating every quantizer passes its input through unchanged (the standard post-training
-    calibration). A symmetric quantizer whose input is never negative becomes unsigned (unless it keeps its sign:
-    `sign_from_data` False).
+    calibration). A symmetric quantizer takes its zero point from the data (init_zero_point_range: unsigned where
+    its input is never negative), unless it keeps the range it was built with (`sign_from_data` False).
     """
     weight_quantizers = {id(m.weight_quantizer): m for _, m in quant_modules(model)}
     generator = torch.Generator().manual_seed(seed)
@@ -152,9 +180,13 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], method: str = "
     for q, recorder in recorders.items():
         if not recorder.samples:
             raise RuntimeError("an activation quantizer saw no data during calibration (is it on the forward path?)")
+        values = recorder.values()[None, :]
         if not q.asymmetric and q.sign_from_data:
-            q.signed = recorder.minimum < 0
-        init_quantizer(q, recorder.values()[None, :], method)
+            step, zero_point = init_zero_point_range(values, q.bits, method, recorder.minimum)
+            q.set_zero_point(zero_point)
+            q.init_step(step)
+        else:
+            init_quantizer(q, values, method)
     return seen
 
 

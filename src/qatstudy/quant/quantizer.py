@@ -2,8 +2,12 @@
 
 One module quantizes one tensor, per channel or per tensor. The step size is a learned
 parameter; its gradient is scaled by 1/sqrt(numel_per_step * q_max) as LSQ prescribes so that
-step sizes and weights learn at comparable rates. The asymmetric variant adds LSQ+'s learned
-offset beta (Bhalgat et al., CVPR-W 2020): x_hat = s * clamp(round((x - beta) / s)) + beta.
+step sizes and weights learn at comparable rates. The b-bit integers run from -z to 2^b - 1 - z for an
+integer zero point z: z = 2^(b-1) is the signed symmetric range, z = 0 the unsigned one, and an activation's
+calibration may choose any z in between (asymmetric uniform quantization with an integer zero point, as
+onnxruntime's uint8 activations: Jacob et al., CVPR 2018), so an input that is mostly but not entirely
+non-negative, such as GELU's output, gets the resolution a ReLU output gets. The asymmetric variant instead adds
+LSQ+'s learned real offset beta (Bhalgat et al., CVPR-W 2020): x_hat = s * clamp(round((x - beta) / s)) + beta.
 """
 
 from __future__ import annotations
@@ -60,19 +64,27 @@ class _LSQFakeQuantize(torch.autograd.Function):
 
 
 def integer_range(bits: int, signed: bool) -> tuple[int, int]:
-    if signed:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
+    return integer_range_of(bits, signed_zero_point(bits) if signed else 0)
+
+
+def signed_zero_point(bits: int) -> int:
+    """The zero point of the signed symmetric b-bit range [-2^(b-1), 2^(b-1) - 1]."""
+    return 2 ** (bits - 1)
+
+
+def integer_range_of(bits: int, zero_point: int) -> tuple[int, int]:
+    """The b-bit integers around `zero_point`: [-zero_point, 2^b - 1 - zero_point]."""
+    return -zero_point, 2**bits - 1 - zero_point
 
 
 class LSQQuantizer(nn.Module):
     """LSQ fake quantizer with a learned step size (and, if asymmetric, a learned offset).
 
     `channel_axis=None` gives one step for the whole tensor; an int gives one step per slice
-    along that axis. Symmetric activation quantizers decide at calibration whether the observed
-    input is non-negative (then unsigned, which doubles the resolution after ReLU), unless
-    `sign_from_data` is False. Asymmetric quantizers use the unsigned range [0, 2^b - 1] shifted by
-    the learned offset.
+    along that axis. Activation quantizers take their zero point from calibration (0 for an input that is never
+    negative, which doubles the resolution after ReLU; between 0 and 2^(b-1) for a mostly non-negative one), unless
+    `sign_from_data` is False (they then keep the range they were built with). Asymmetric (LSQ+) quantizers use the
+    unsigned range [0, 2^b - 1] shifted by the learned offset.
     """
 
     def __init__(self, bits: int, *, signed: bool = True, channel_axis: int | None = None, num_channels: int = 1,
@@ -83,7 +95,7 @@ class LSQQuantizer(nn.Module):
         self.bits = bits
         self.channel_axis = channel_axis
         # a buffer, not a Python attribute, so checkpoints keep what calibration decided
-        self.register_buffer("is_signed", torch.tensor(signed and not asymmetric))
+        self.register_buffer("zero_point", torch.tensor(signed_zero_point(bits) if signed and not asymmetric else 0))
         self.step = nn.Parameter(torch.ones(num_channels if channel_axis is not None else 1))
         # only asymmetric quantizers own an offset, so symmetric checkpoints keep their keys
         self.offset = nn.Parameter(torch.zeros_like(self.step)) if asymmetric else None
@@ -91,6 +103,10 @@ class LSQQuantizer(nn.Module):
         self.sign_from_data = sign_from_data  # read by calibration only, so not part of a checkpoint
         self.export_mode = False  # set by `quant.export_mode()`: ONNX-exportable Q/DQ ops
         self.observer = None  # set by calibration: sees the input, which passes through unchanged
+        # set by oscillation freezing (hold): values whose integer is held, and those integers; not checkpointed,
+        # since freezing ends by writing the held integers into the weights (OscillationTracker.bake)
+        self.held_mask: torch.Tensor | None = None
+        self.held_integers: torch.Tensor | None = None
 
     @property
     def asymmetric(self) -> bool:
@@ -98,25 +114,36 @@ class LSQQuantizer(nn.Module):
 
     @property
     def qmin(self) -> int:
-        return integer_range(self.bits, self.signed)[0]
+        return integer_range_of(self.bits, int(self.zero_point))[0]
 
     @property
     def qmax(self) -> int:
-        return integer_range(self.bits, self.signed)[1]
+        return integer_range_of(self.bits, int(self.zero_point))[1]
 
     @property
     def signed(self) -> bool:
-        return bool(self.is_signed)
+        """Whether the range has negative integers (zero point above 0)."""
+        return int(self.zero_point) > 0
 
     @signed.setter
     def signed(self, value: bool) -> None:
-        if value and self.asymmetric:
+        self.set_zero_point(signed_zero_point(self.bits) if value else 0)
+
+    def set_zero_point(self, zero_point: int) -> None:
+        if zero_point and self.asymmetric:
             raise ValueError("an asymmetric quantizer uses the unsigned range; its offset handles the sign")
-        self.is_signed.fill_(bool(value))
+        if not 0 <= zero_point <= 2**self.bits - 1:
+            raise ValueError(f"a {self.bits}-bit zero point must be in [0, {2**self.bits - 1}], got {zero_point}")
+        self.zero_point.fill_(int(zero_point))
+
+    @property
+    def step_levels(self) -> int:
+        """The integers above zero (at least 1): LSQ's Q_P, which scales the step's gradient and learning rate."""
+        return max(self.qmax, 1)
 
     def extra_repr(self) -> str:
         kind = f"per-channel(axis={self.channel_axis})" if self.channel_axis is not None else "per-tensor"
-        return f"bits={self.bits}, signed={self.signed}, asymmetric={self.asymmetric}, {kind}"
+        return (f"bits={self.bits}, zero_point={int(self.zero_point)}, asymmetric={self.asymmetric}, {kind}")
 
     def _broadcast(self, step: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.channel_axis is None:
@@ -150,11 +177,20 @@ class LSQQuantizer(nn.Module):
             return self._export_forward(x)
         step = self._broadcast(self._magnitude(self.step), x)
         offset = None if self.offset is None else self._broadcast(self.offset, x)
-        return _LSQFakeQuantize.apply(x, step, offset, self.qmin, self.qmax, self._grad_factor(x))
+        out = _LSQFakeQuantize.apply(x, step, offset, self.qmin, self.qmax, self._grad_factor(x))
+        if self.held_mask is None:
+            return out
+        # a held value is its integer times the current step: no gradient to x, d/ds = the integer (LSQ-scaled)
+        scaled_step = step.detach() + (step - step.detach()) * self._grad_factor(x)
+        return torch.where(self.held_mask, self.held_integers * scaled_step, out)
+
+    def hold(self, mask: torch.Tensor | None, integers: torch.Tensor | None) -> None:
+        """Hold the values where `mask` is set at `integers` (times the current step) from now on; None releases."""
+        self.held_mask, self.held_integers = mask, integers
 
     def _grad_factor(self, x: torch.Tensor) -> float:
         """LSQ's step-gradient scale 1 / sqrt(values per step * qmax)."""
-        return 1.0 / math.sqrt(x.numel() // self.step.numel() * self.qmax)
+        return 1.0 / math.sqrt(x.numel() // self.step.numel() * self.step_levels)
 
     def quantize_data(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """For an input that needs no gradient (the network's input data): the quantized `x` (no
@@ -173,17 +209,25 @@ class LSQQuantizer(nn.Module):
         """The same function written as clamp + 8-bit Q/DQ, which torch.onnx exports.
 
         Clamping to [qmin*step, qmax*step] before an int8/uint8 QuantizeLinear keeps the b-bit
-        meaning inside the 8-bit container: the result equals the training-time forward pass.
+        meaning inside the 8-bit container: the result equals the training-time forward pass. The container is
+        uint8 with zero point 0 for an unsigned range, int8 with zero point 0 for a range that fits it (the signed
+        one, and any zero point below 8 bits), else uint8 with the quantizer's zero point.
         """
         step = self._magnitude(self.step.detach())
         offset = None if self.offset is None else self._broadcast(self.offset.detach(), x)
         if offset is not None:
             x = x - offset  # the learned offset is real-valued: shift, quantize symmetrically, shift back
-        lo, hi = (-128, 127) if self.signed else (0, 255)
+        zero = 0
+        if self.qmin == 0:
+            lo, hi = 0, 255
+        elif -128 <= self.qmin and self.qmax <= 127:
+            lo, hi = -128, 127
+        else:
+            lo, hi, zero = 0, 255, int(self.zero_point)
         if self.channel_axis is None:
             s = step.reshape(())
             x = torch.clamp(x, self.qmin * float(s), self.qmax * float(s))
-            x = torch.fake_quantize_per_tensor_affine(x, float(s), 0, lo, hi)
+            x = torch.fake_quantize_per_tensor_affine(x, float(s), zero, lo, hi)
         else:
             s = self._broadcast(step, x)
             x = torch.minimum(torch.maximum(x, self.qmin * s), self.qmax * s)
