@@ -38,7 +38,7 @@ rule all:
 
 rule bench:
     input:
-        "results/tables/bench.csv",
+        f"{TABLES_DIR}/bench.csv",
 
 
 rule figures:

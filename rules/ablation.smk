@@ -1,21 +1,32 @@
-# The QAT ablation: per arm (baseline, +KD, +regularizer, +module-dependent, ...), model, seed and
-# bit-width, the qat rule's job with the arm's distillation / regularizer / quant / oscillation
-# overrides (on top of the model's own quant / oscillation ones), then one table. Params are per
-# arm, so editing one arm reruns only that arm's jobs.
+# The QAT ablation: per arm (the main protocol, +KD, +regularizer, +freezing, ...), model, FP32 seed, bit-width and
+# QAT seed, the qat rule's job with the arm's distillation / regularizer / quant / oscillation overrides (on top of
+# the model's own quant / oscillation ones), then one table. Every arm of one FP32 model runs the same QAT seeds, so
+# arm differences are paired. An arm without overrides is the main protocol: its runs are the qat rule's own.
+# Params are per arm, so editing one arm reruns only that arm's jobs.
 
 import re
 
-from qatstudy.workflow import ablation_arms, ablation_models, arm_config, qat_objective
+from qatstudy.workflow import (ablation_arms, ablation_models, ablation_seeds, arm_config, arm_models,
+                                is_main_protocol_arm, qat_objective)
 
 ARMS = ablation_arms(config, SCHEMA)
 ABLATION_MODELS = ablation_models(config)
+ABLATION_FP32_SEEDS, ABLATION_QAT_SEEDS = ablation_seeds(config)
 ARM_CONFIG = {(arm, model): arm_config(config, arm, model, SCHEMA) for arm in ARMS for model in MODELS}
 ABLATION_TAGS = bit_tags(config["ablation"]["bits"])
-ABLATION_RUN = f"{RUN}/ablation/{{arm}}_{{tag}}"
+ABLATION_RUN = f"{RUN}/ablation/{{arm}}_{{tag}}_q{{qseed}}"
+MAIN_PROTOCOL_ARMS = [arm for arm in ARMS if is_main_protocol_arm(config, arm)]
 
 
 wildcard_constraints:
-    arm="|".join(re.escape(arm) for arm in ARMS),
+    arm="|".join(re.escape(arm) for arm in ARMS if arm not in MAIN_PROTOCOL_ARMS) or "(?!x)x",  # none: no arm job
+
+
+def ablation_metrics(arm):
+    """The metrics files of one arm's runs: the qat rule's for a main-protocol arm, else the arm's own."""
+    pattern = f"{QAT_RUN}/metrics.json" if arm in MAIN_PROTOCOL_ARMS else f"{ABLATION_RUN}/metrics.json"
+    return expand(pattern, model=arm_models(config, arm), seed=ABLATION_FP32_SEEDS, arm=arm, tag=ABLATION_TAGS,
+                  qseed=ABLATION_QAT_SEEDS)
 
 
 use rule qat as ablation_qat with:
@@ -28,24 +39,25 @@ use rule qat as ablation_qat with:
         quant=lambda w: canonical(ARM_CONFIG[w.arm, w.model]["quant"]),
         config_digest=lambda w: config_digest(ARMS[w.arm], "qat"),
     log:
-        "logs/ablation/{model}_seed{seed}_{arm}_{tag}.log",
+        f"{LOGS}/ablation/{{model}}_seed{{seed}}_{{arm}}_{{tag}}_q{{qseed}}.log",
     benchmark:
-        "benchmarks/ablation/{model}_seed{seed}_{arm}_{tag}.tsv"
+        f"{BENCHMARKS}/ablation/{{model}}_seed{{seed}}_{{arm}}_{{tag}}_q{{qseed}}.tsv"
 
 
 rule ablation_table:
     input:
-        arms=expand(f"{ABLATION_RUN}/metrics.json", model=ABLATION_MODELS, seed=SEEDS, arm=ARMS, tag=ABLATION_TAGS),
-        fp32=expand(f"{RUN}/fp32/metrics.json", model=ABLATION_MODELS, seed=SEEDS),
+        arms=[f for arm in ARMS for f in ablation_metrics(arm)],
+        fp32=expand(f"{RUN}/fp32/metrics.json", model=ABLATION_MODELS, seed=ABLATION_FP32_SEEDS),
     output:
-        csv="results/tables/ablation.csv",
-        md="results/tables/ablation.md",
-        tex="results/tables/ablation.tex",
+        csv=f"{TABLES_DIR}/ablation.csv",
+        md=f"{TABLES_DIR}/ablation.md",
+        tex=f"{TABLES_DIR}/ablation.tex",
     params:
         arms=list(ARMS),
+        arm_of={f: arm for arm in ARMS for f in ablation_metrics(arm)},
         models=ABLATION_MODELS,
         allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
-        "logs/ablation_table.log",
+        f"{LOGS}/ablation_table.log",
     script:
         "../workflow_scripts/ablation_table.py"

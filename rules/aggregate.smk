@@ -1,6 +1,6 @@
 # Tables from the per-run JSON files, figures from those tables only, and what `snakemake --report` shows.
 
-LATEX_TABLES = ["models", "top1_by_bits", "deployment"]  # results/tables/<name>.tex
+LATEX_TABLES = ["models", "top1_by_bits", "deployment"]  # <TABLES_DIR>/<name>.tex
 SENSITIVITY_FIGURE = "sensitivity"  # drawn from the analysis stage's sensitivity.csv, by its own rule
 TABLE_FIGURES = [name for name in FIGURE_NAMES if name != SENSITIVITY_FIGURE]
 
@@ -24,38 +24,38 @@ def figure_outputs(names):
     outputs = []
     for name in names:
         flags = dict(caption=f"../report/figures/{name}.rst", category="Figures")
-        svg = report(f"results/figures/{name}.svg", labels={"figure": name, "format": "SVG"}, **flags)
-        html = report(f"results/figures/{name}.html", labels={"figure": name, "format": "interactive HTML"}, **flags)
-        outputs += [f"results/figures/{name}.png", f"results/figures/{name}.caption.md", svg, html]
+        svg = report(f"{FIGURES_DIR}/{name}.svg", labels={"figure": name, "format": "SVG"}, **flags)
+        html = report(f"{FIGURES_DIR}/{name}.html", labels={"figure": name, "format": "interactive HTML"}, **flags)
+        outputs += [f"{FIGURES_DIR}/{name}.png", f"{FIGURES_DIR}/{name}.caption.md", svg, html]
     return outputs
 
 
 rule aggregate:
     input:
-        metrics=run_files(RUN + "/fp32/metrics.json")
-        + run_files(RUN + "/{variant}/metrics.json", [f"ptq_{t}" for t in BIT_TAGS] + DEPLOYED[1:]),
-        onnx=run_files(RUN + "/{variant}/onnx.json", DEPLOYED),
-        bench=run_files(RUN + "/{variant}/bench_cpu.json", DEPLOYED) + TRT_BENCH,
+        metrics=fp32_runs(f"{RUN}/fp32/metrics.json") + quantized_runs(f"{PTQ_RUN}/metrics.json", PTQ_SEEDS)
+        + quantized_runs(f"{QAT_RUN}/metrics.json"),
+        onnx=deployed_runs(f"{RUN}/{{variant}}/onnx.json"),
+        bench=deployed_runs(f"{RUN}/{{variant}}/bench_cpu.json") + TRT_BENCH,
     output:
-        accuracy=table_report("results/tables/accuracy.csv", "accuracy"),
-        bench=table_report("results/tables/bench.csv", "bench"),
-        summary=table_report("results/tables/summary.md", "summary"),
-        oscillation=table_report("results/tables/oscillation.csv", "oscillation"),
-        latex=[table_report(f"results/tables/{name}.tex", "summary") for name in LATEX_TABLES],
+        accuracy=table_report(f"{TABLES_DIR}/accuracy.csv", "accuracy"),
+        bench=table_report(f"{TABLES_DIR}/bench.csv", "bench"),
+        summary=table_report(f"{TABLES_DIR}/summary.md", "summary"),
+        oscillation=table_report(f"{TABLES_DIR}/oscillation.csv", "oscillation"),
+        latex=[table_report(f"{TABLES_DIR}/{name}.tex", "summary") for name in LATEX_TABLES],
     params:
         summary_bits=config["figures"]["summary_bits"],
         allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
-        "logs/aggregate.log",
+        f"{LOGS}/aggregate.log",
     script:
         "../workflow_scripts/aggregate.py"
 
 
 rule render_figures:
     input:
-        accuracy="results/tables/accuracy.csv",
-        bench="results/tables/bench.csv",
-        oscillation="results/tables/oscillation.csv",
+        accuracy=f"{TABLES_DIR}/accuracy.csv",
+        bench=f"{TABLES_DIR}/bench.csv",
+        oscillation=f"{TABLES_DIR}/oscillation.csv",
         captions=figure_captions(TABLE_FIGURES),
     output:
         figures=figure_outputs(TABLE_FIGURES),
@@ -63,7 +63,7 @@ rule render_figures:
         names=TABLE_FIGURES,
         bubble_batch=max(config["bench"]["batch_sizes"]),
     log:
-        "logs/figures.log",
+        f"{LOGS}/figures.log",
     script:
         "../workflow_scripts/figures.py"
 
@@ -71,13 +71,13 @@ rule render_figures:
 # Only a study that runs the sensitivity analysis asks for this figure (common.smk's FIGURE_NAMES).
 rule render_sensitivity_figure:
     input:
-        sensitivity="results/tables/sensitivity.csv",
+        sensitivity=f"{TABLES_DIR}/sensitivity.csv",
         captions=figure_captions([SENSITIVITY_FIGURE]),
     output:
         figures=figure_outputs([SENSITIVITY_FIGURE]),
     params:
         names=[SENSITIVITY_FIGURE],
     log:
-        "logs/figures_sensitivity.log",
+        f"{LOGS}/figures_sensitivity.log",
     script:
         "../workflow_scripts/figures.py"

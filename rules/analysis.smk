@@ -3,11 +3,10 @@
 
 from qatstudy.workflow import SENSITIVITY_QUANT_OPTIONS
 
-ANALYSIS_TABLES = ["results/tables/sensitivity.csv", "results/tables/variation.csv",
-                   "results/tables/variation_summary.csv"]
+ANALYSIS_TABLES = [f"{TABLES_DIR}/{name}.csv" for name in ("sensitivity", "variation", "variation_summary")]
 SENSITIVITY_SETTINGS = canonical({"bits": config["analysis"]["sensitivity_bits"],
                                   "groups": config["analysis"]["sensitivity_groups"],
-                                  "test_images": config["analysis"]["test_images"],
+                                  "val_images": config["analysis"]["val_images"],
                                   "quant": {k: config["quant"][k] for k in SENSITIVITY_QUANT_OPTIONS},
                                   "calibration": config["calibration"]})
 VARIATION_SETTINGS = {"images": config["analysis"]["variation_images"]}
@@ -25,9 +24,9 @@ rule sensitivity:
         config_digest=config_digest(config, "fp32", sensitivity=SENSITIVITY_SETTINGS),
     threads: cpu_share(config["threads"]["eval"])
     log:
-        "logs/sensitivity/{model}_seed{seed}.log",
+        f"{LOGS}/sensitivity/{{model}}_seed{{seed}}.log",
     benchmark:
-        "benchmarks/sensitivity/{model}_seed{seed}.tsv"
+        f"{BENCHMARKS}/sensitivity/{{model}}_seed{{seed}}.tsv"
     script:
         "../workflow_scripts/sensitivity.py"
 
@@ -44,17 +43,17 @@ rule variation:
         config_digest=config_digest(config, "fp32", variation=VARIATION_SETTINGS),
     threads: cpu_share(config["threads"]["eval"])
     log:
-        "logs/variation/{model}_seed{seed}.log",
+        f"{LOGS}/variation/{{model}}_seed{{seed}}.log",
     benchmark:
-        "benchmarks/variation/{model}_seed{seed}.tsv"
+        f"{BENCHMARKS}/variation/{{model}}_seed{{seed}}.tsv"
     script:
         "../workflow_scripts/variation.py"
 
 
 rule analysis_tables:
     input:
-        sensitivity=run_files(RUN + "/analysis/sensitivity.json"),
-        variation=run_files(RUN + "/analysis/variation.json"),
+        sensitivity=fp32_runs(f"{RUN}/analysis/sensitivity.json"),
+        variation=fp32_runs(f"{RUN}/analysis/variation.json"),
     output:
         sensitivity=ANALYSIS_TABLES[0],
         variation=ANALYSIS_TABLES[1],
@@ -62,6 +61,6 @@ rule analysis_tables:
     params:
         allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
-        "logs/analysis_tables.log",
+        f"{LOGS}/analysis_tables.log",
     script:
         "../workflow_scripts/analysis_tables.py"

@@ -9,6 +9,6 @@ rule bench_cpu:
         config_digest=variant_digest(bench=config["bench"]),
     threads: alone(config["bench"]["threads"])  # timings without neighbours
     log:
-        "logs/bench_cpu/{model}_seed{seed}_{variant}.log",
+        f"{LOGS}/bench_cpu/{{model}}_seed{{seed}}_{{variant}}.log",
     script:
         "../workflow_scripts/bench_cpu.py"

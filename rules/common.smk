@@ -9,33 +9,46 @@ from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
 from qatstudy.workflow import (WORKFLOW_CORES_ENV, bit_tags, canonical, config_digest, merged_settings, model_identity,
-                                model_objective, model_quant)
+                                model_objective, model_quant, ptq_seeds, qat_seeds, study_name)
 
+# Every study has its own folders, so that running another config never touches the default study's results.
+STUDY = study_name(config, workflow.overwrite_configfiles)
 DATASET = config["dataset"]["name"]
-SPLITS = f"data/{DATASET}/splits.npz"
+RAW = f"data/{DATASET}/raw"  # the downloaded files, checksummed, shared by every study of the dataset
+STUDY_RUNS = f"runs/{STUDY}"
+SPLITS = f"{STUDY_RUNS}/splits.npz"
+TABLES_DIR = f"results/{STUDY}/tables"
+FIGURES_DIR = f"results/{STUDY}/figures"
+LOGS = f"logs/{STUDY}"
+BENCHMARKS = f"benchmarks/{STUDY}"
 MODELS = list(config["models"])
 SCHEMA = yaml.safe_load(Path(workflow.basedir, "schemas", "config.schema.yaml").read_text())
 # checked now: a bad key fails the load
 MODEL_QUANT = {model: model_quant(config, model, SCHEMA) for model in MODELS}
 MODEL_OBJECTIVE = {model: model_objective(config, model, SCHEMA) for model in MODELS}
-SEEDS = config["seeds"]
+FP32_SEEDS = config["seeds"]["fp32"]
 BIT_TAGS = bit_tags(config["bits"])
-RUN = "runs/{model}/seed{seed}"
-TABLES = ["results/tables/accuracy.csv", "results/tables/bench.csv", "results/tables/summary.md",
-          "results/tables/oscillation.csv", "results/tables/models.tex", "results/tables/top1_by_bits.tex",
-          "results/tables/deployment.tex"]
+QAT_SEEDS = qat_seeds(config)  # per bit-width tag
+PTQ_SEEDS = ptq_seeds(config)
+RUN = f"{STUDY_RUNS}/{{model}}/seed{{seed}}"  # one FP32 model and everything made from it
+TABLES = [f"{TABLES_DIR}/{name}" for name in ("accuracy.csv", "bench.csv", "summary.md", "oscillation.csv",
+                                               "models.tex", "top1_by_bits.tex", "deployment.tex")]
 FIGURE_NAMES = ["accuracy_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch"]
 FIGURE_EXTENSIONS = ["png", "svg", "html", "caption.md"]
-SENSITIVITY_FIGURES = expand("results/figures/sensitivity.{ext}", ext=FIGURE_EXTENSIONS)
-FIGURES = expand("results/figures/{name}.{ext}", name=FIGURE_NAMES, ext=FIGURE_EXTENSIONS) + SENSITIVITY_FIGURES
-DEPLOYED = ["fp32"] + [f"qat_{tag}" for tag in BIT_TAGS]  # the variants exported and benchmarked
+SENSITIVITY_FIGURES = expand(f"{FIGURES_DIR}/sensitivity.{{ext}}", ext=FIGURE_EXTENSIONS)
+FIGURES = expand(f"{FIGURES_DIR}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=FIGURE_EXTENSIONS) + SENSITIVITY_FIGURES
+# Exported and benchmarked: the first FP32 seed's model and its QAT models of the first QAT seed (deployment speed
+# does not depend on the seed).
+DEPLOY_SEED = FP32_SEEDS[0]
+DEPLOYED = ["fp32"] + [f"qat_{tag}_q{QAT_SEEDS[tag][0]}" for tag in BIT_TAGS]
 
 
 wildcard_constraints:
     model="|".join(MODELS),
     seed=r"\d+",
+    qseed=r"\d+",
     tag=r"w\d+a\d+",
-    variant=r"fp32|qat_w\d+a\d+",
+    variant=r"fp32|qat_w\d+a\d+_q\d+",
 
 
 CPUS = available_cpu_count()
@@ -65,8 +78,8 @@ def alone(cpus):
 
 
 def variant_digest(**settings):
-    """The config digest of a deployed variant's result: its training stage's (fp32, or qat for qat_<tag>) plus the
-    rule's own settings."""
+    """The config digest of a deployed variant's result: its training stage's (fp32, or qat for qat_<tag>_q<seed>)
+    plus the rule's own settings."""
     return lambda wildcards: config_digest(config, wildcards.variant.split("_", 1)[0], **settings)
 
 
@@ -78,12 +91,19 @@ def train_settings(stage):
     return lambda wildcards: merged_settings(config, stage, wildcards.model)
 
 
-def run_files(pattern, variants=None):
-    """Every model x seed (x variant) instance of a per-run file pattern."""
-    variants = variants if variants is not None else [None]
-    return [
-        pattern.format(model=m, seed=s, variant=v)
-        for m in MODELS
-        for s in SEEDS
-        for v in variants
-    ]
+def quantized_runs(pattern, seeds=QAT_SEEDS):
+    """Every model x FP32 seed x bit-width x that bit-width's seeds (QAT_SEEDS or PTQ_SEEDS) instance of a pattern
+    with {model}, {seed}, {tag} and {qseed}."""
+    return [pattern.format(model=m, seed=s, tag=t, qseed=q)
+            for m in MODELS for s in FP32_SEEDS for t in BIT_TAGS for q in seeds[t]]
+
+
+def fp32_runs(pattern):
+    """Every model x FP32 seed instance of a pattern with {model} and {seed}."""
+    return [pattern.format(model=m, seed=s) for m in MODELS for s in FP32_SEEDS]
+
+
+def deployed_runs(pattern):
+    """Every model's deployed variants (DEPLOYED, of FP32 seed DEPLOY_SEED) in a pattern with {model}, {seed} and
+    {variant}."""
+    return [pattern.format(model=m, seed=DEPLOY_SEED, variant=v) for m in MODELS for v in DEPLOYED]

@@ -1,12 +1,12 @@
 rule download:
     output:
-        expand("data/{dataset}/raw/{file}", dataset=DATASET, file=raw_file_names(DATASET)),
+        expand(f"{RAW}/{{file}}", file=raw_file_names(DATASET)),
     params:
         dataset=DATASET,
         mirrors=config["dataset"]["mirrors"],
         urls=config["dataset"]["urls"],
     log:
-        f"logs/download_{DATASET}.log",
+        f"logs/download_{DATASET}.log",  # shared by every study of the dataset, like the files
     script:
         "../workflow_scripts/download.py"
 
@@ -16,7 +16,7 @@ rule split:
         rules.download.output,
     output:
         splits=SPLITS,
-        summary=f"data/{DATASET}/splits.json",
+        summary=f"{STUDY_RUNS}/splits.json",
     params:
         dataset=DATASET,
         val_size=config["dataset"]["val_size"],
@@ -24,6 +24,6 @@ rule split:
         train_subset=config["dataset"]["train_subset"],
         test_subset=config["dataset"]["test_subset"],
     log:
-        f"logs/split_{DATASET}.log",
+        f"{LOGS}/split.log",
     script:
         "../workflow_scripts/split.py"

@@ -14,6 +14,6 @@ rule export_onnx:
         config_digest=variant_digest(),  # the qat scope already holds the calibration section
     threads: cpu_share(config["threads"]["eval"])
     log:
-        "logs/export/{model}_seed{seed}_{variant}.log",
+        f"{LOGS}/export/{{model}}_seed{{seed}}_{{variant}}.log",
     script:
         "../workflow_scripts/export.py"

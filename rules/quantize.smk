@@ -1,4 +1,9 @@
-# PTQ and QAT per bit-width tag (w8a8, w4a4, ...), both starting from the FP32 checkpoint.
+# PTQ and QAT per bit-width tag (w8a8, w4a4, ...) and QAT seed, both starting from the FP32 checkpoint of one FP32
+# seed. The QAT seed fixes the calibration sample (PTQ too) and the fine-tune's data order and augmentation, so runs
+# of one FP32 model that share a QAT seed are paired.
+
+PTQ_RUN = f"{RUN}/ptq_{{tag}}_q{{qseed}}"
+QAT_RUN = f"{RUN}/qat_{{tag}}_q{{qseed}}"
 
 
 rule ptq:
@@ -6,7 +11,7 @@ rule ptq:
         data=SPLITS,
         fp32=f"{RUN}/fp32/model.pt",
     output:
-        metrics=f"{RUN}/ptq_{{tag}}/metrics.json",
+        metrics=f"{PTQ_RUN}/metrics.json",
     params:
         identity=identity,
         quant=lambda w: MODEL_QUANT[w.model],
@@ -14,9 +19,9 @@ rule ptq:
         config_digest=config_digest(config, "ptq"),
     threads: cpu_share(config["threads"]["eval"])
     log:
-        "logs/ptq/{model}_seed{seed}_{tag}.log",
+        f"{LOGS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
     benchmark:
-        "benchmarks/ptq/{model}_seed{seed}_{tag}.tsv"
+        f"{BENCHMARKS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
     script:
         "../workflow_scripts/ptq.py"
 
@@ -26,8 +31,8 @@ rule qat:
         data=SPLITS,
         fp32=f"{RUN}/fp32/model.pt",
     output:
-        checkpoint=f"{RUN}/qat_{{tag}}/model.pt",
-        metrics=f"{RUN}/qat_{{tag}}/metrics.json",
+        checkpoint=f"{QAT_RUN}/model.pt",
+        metrics=f"{QAT_RUN}/metrics.json",
     params:
         identity=identity,
         settings=train_settings("qat"),
@@ -37,8 +42,8 @@ rule qat:
         config_digest=config_digest(config, "qat"),
     threads: cpu_share(config["threads"]["train"])
     log:
-        "logs/qat/{model}_seed{seed}_{tag}.log",
+        f"{LOGS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
     benchmark:
-        "benchmarks/qat/{model}_seed{seed}_{tag}.tsv"
+        f"{BENCHMARKS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
     script:
         "../workflow_scripts/qat.py"

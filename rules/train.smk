@@ -13,8 +13,8 @@ rule train_fp32:
     threads: cpu_share(config["threads"]["train"])
     priority: 10  # the longest jobs, and everything waits on them: start them first
     log:
-        "logs/train_fp32/{model}_seed{seed}.log",
+        f"{LOGS}/train_fp32/{{model}}_seed{{seed}}.log",
     benchmark:
-        "benchmarks/train_fp32/{model}_seed{seed}.tsv"
+        f"{BENCHMARKS}/train_fp32/{{model}}_seed{{seed}}.tsv"
     script:
         "../workflow_scripts/train_fp32.py"

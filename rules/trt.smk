@@ -24,8 +24,8 @@ def float_precisions(variant):
 
 
 # the TensorRT benchmark files the tables read (aggregate's bench input)
-TRT_BENCH = [f for v in DEPLOYED for p in float_precisions(v)
-             for f in run_files(RUN + f"/{v}/bench_trt_{p}.json")] if TRT["transport"] else []
+TRT_BENCH = [f"{STUDY_RUNS}/{m}/seed{DEPLOY_SEED}/{v}/bench_trt_{p}.json" for m in MODELS for v in DEPLOYED
+             for p in float_precisions(v)] if TRT["transport"] else []
 
 
 wildcard_constraints:
@@ -62,7 +62,7 @@ rule trt_build:
         trt_device=1,
     threads: trt_threads()
     log:
-        "logs/trt_build/{model}_seed{seed}_{variant}_{precision}_b{batch}.log",
+        f"{LOGS}/trt_build/{{model}}_seed{{seed}}_{{variant}}_{{precision}}_b{{batch}}.log",
     script:
         "../workflow_scripts/trt_build.py"
 
@@ -82,6 +82,6 @@ rule trt_bench:
         trt_device=1,
     threads: trt_threads()
     log:
-        "logs/trt_bench/{model}_seed{seed}_{variant}_{precision}.log",
+        f"{LOGS}/trt_bench/{{model}}_seed{{seed}}_{{variant}}_{{precision}}.log",
     script:
         "../workflow_scripts/trt_bench.py"

@@ -42,7 +42,7 @@ def grid_config(base: dict, models: int, bits: list, seeds: list[int]) -> dict:
     for i in range(models):
         name, spec = originals[i % len(originals)]
         config["models"][name if i < len(originals) else f"{name}-{i // len(originals) + 1}"] = spec
-    config["bits"], config["seeds"] = bits, seeds
+    config["bits"], config["seeds"] = bits, {**base["seeds"], "fp32": seeds, "qat_by_bits": {}}
     return config
 
 
@@ -103,7 +103,7 @@ def bench(workdir: Path, config: dict, repeats: int = 3, log=print) -> dict:
     noop_s, output = snakemake(workdir, configfile, "--cores", "1", "all", "ablation")
     after = snapshot(workdir)
     changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
-    return {"models": len(config["models"]), "bits": len(config["bits"]), "seeds": len(config["seeds"]),
+    return {"models": len(config["models"]), "bits": len(config["bits"]), "seeds": len(config["seeds"]["fp32"]),
             "arms": len(config["ablation"]["arms"]), "jobs_all": jobs, "jobs_all_ablation": planned_jobs(full_plan),
             "dry_run_s_best": min(times), "dry_run_s_median": statistics.median(times), "noop_run_s": noop_s,
             "noop_nothing_to_do": NOTHING_TO_DO in output, "files": len(after), "files_changed": changed}

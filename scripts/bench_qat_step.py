@@ -52,7 +52,7 @@ def _timed_step(model, images, labels, optimizer, *, label_smoothing: float, obj
     tracking = 0.0
     if objective is not None:
         tracked = time.perf_counter()
-        objective.after_step()
+        objective.after_step(progress=0.5)
         tracking = time.perf_counter() - tracked
     return time.perf_counter() - start, tracking
 

@@ -14,7 +14,7 @@ import yaml
 from snakemake.utils import validate
 
 from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
-from qatstudy.workflow import ablation_arms, ablation_models
+from qatstudy.workflow import ablation_arms, ablation_models, arm_models, is_main_protocol_arm
 from helpers import SCHEMA, SCHEMA_PATH
 from test_workflow import job_counts, scheduled_outputs, snakemake
 
@@ -42,8 +42,8 @@ def validated(config: dict) -> dict:
 
 
 def scheduled_arm_runs(snakemake_output: str) -> set[str]:
-    """The ablation run folders (kd_w4a4, ...) that scheduled jobs write to."""
-    return set(re.findall(r"runs/[^/\s]+/seed\d+/ablation/(\w+)/", scheduled_outputs(snakemake_output)))
+    """The ablation run folders (kd_w4a4_q0, ...) that scheduled jobs write to."""
+    return set(re.findall(r"runs/[^/\s]+/[^/\s]+/seed\d+/ablation/(\w+)/", scheduled_outputs(snakemake_output)))
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,15 @@ def ablation_dry_run(tmp_path_factory) -> tuple[Path, str]:
 def test_arms_expand_to_one_qat_job_per_arm_model_and_bits(ablation_dry_run):
     _, output = ablation_dry_run
     counts = job_counts(output)
-    # only `vit` is ablated, so only its FP32 model is trained
-    assert counts == {"download": 1, "split": 1, "train_fp32": 1, "ablation_qat": len(ARMS) * 2, "ablation_table": 1,
-                      "ablation": 1, "total": 5 + len(ARMS) * 2}
-    assert scheduled_arm_runs(output) == {f"{arm}_{tag}" for arm in ARMS for tag in ("w4a4", "w2a2")}
-    assert "runs/vit/seed0/ablation/kd_w2a2/metrics.json" in output and "runs/cnn/" not in output
+    # only `vit` is ablated, so only its FP32 model is trained; the baseline arm overrides nothing, so its runs are
+    # the study's own QAT runs (qat jobs, not ablation_qat ones)
+    arms = len(ARMS) - 1
+    assert counts == {"download": 1, "split": 1, "train_fp32": 1, "qat": 2, "ablation_qat": arms * 2,
+                      "ablation_table": 1, "ablation": 1, "total": 7 + arms * 2}
+    assert scheduled_arm_runs(output) == {f"{arm}_{tag}_q0" for arm in ARMS if arm != "baseline"
+                                          for tag in ("w4a4", "w2a2")}
+    assert "runs/ablation/vit/seed0/ablation/kd_w2a2_q0/metrics.json" in output
+    assert "runs/ablation/vit/seed0/qat_w2a2_q0/metrics.json" in output and "runs/ablation/cnn/" not in output
 
 
 def test_editing_one_arm_reruns_only_its_jobs(ablation_dry_run, tmp_path):
@@ -76,22 +80,35 @@ def test_editing_one_arm_reruns_only_its_jobs(ablation_dry_run, tmp_path):
     snakemake(workdir, "--configfile", str(config), "--cores", "2", "ablation", "--touch", "--forceall")
     edited = tiny_ablation_config()
     edited["ablation"]["arms"]["kd"]["distillation"]["weight"] = 0.7
-    result = snakemake(workdir, "--configfile", str(write_config(edited, tmp_path / "edited.yaml")), "--cores", "2",
-                       "ablation", "--dry-run")
+    result = snakemake(workdir, "--configfile", str(write_config(edited, tmp_path / "ablation.yaml")), "--cores", "2",
+                       "ablation", "--dry-run")  # a file of the same name: the same study
     assert job_counts(result.stdout) == {"ablation_qat": 2, "ablation_table": 1, "ablation": 1, "total": 4}
-    assert scheduled_arm_runs(result.stdout) == {"kd_w4a4", "kd_w2a2"}
+    assert scheduled_arm_runs(result.stdout) == {"kd_w4a4_q0", "kd_w2a2_q0"}
 
 
 @pytest.mark.parametrize("path", ["config.yaml", "config/gpu.yaml"])
-def test_study_config_arms_are_cumulative_and_valid(path):
+def test_study_config_arms_change_one_thing_against_the_main_protocol(path):
     config = validated(yaml.safe_load((REPO / path).read_text()))
     arms = ablation_arms(config, SCHEMA)
-    assert list(arms) == ["baseline", "kd", "kd_reg", "kd_reg_module"]
-    assert arms["baseline"]["distillation"] == config["distillation"]
-    assert arms["kd_reg_module"]["distillation"] == arms["kd"]["distillation"] != config["distillation"]
-    assert arms["kd_reg_module"]["quant"]["first_last_bits"] == 8 and arms["kd_reg_module"]["quant"]["quantize_attention"]
+    main = [arm for arm in arms if is_main_protocol_arm(config, arm)]
+    assert main == [next(iter(arms))]  # the first row is the main protocol, whose runs are the study's own
+    for arm, arm_config in arms.items():
+        changed = {section: {k for k, v in arm_config[section].items() if v != config[section].get(k)}
+                   for section in ("distillation", "regularizer", "quant", "oscillation")}
+        changed = {section: keys for section, keys in changed.items() if keys}
+        assert (len(changed) == 1) != (arm in main), (arm, changed)
+        assert set(arm_models(config, arm)) <= set(ablation_models(config))
     assert ablation_models(config) == (config["ablation"]["models"] or list(config["models"]))
     assert ablation_models({**config, "ablation": {**config["ablation"], "models": None}}) == list(config["models"])
+
+
+def test_an_arm_may_run_on_some_models_only():
+    config = validated(tiny_ablation_config(models=["vit", "cnn"]))
+    config["ablation"]["arms"]["kd"]["models"] = ["cnn"]
+    assert arm_models(config, "kd") == ["cnn"] and arm_models(config, "baseline") == ["vit", "cnn"]
+    config["ablation"]["arms"]["kd"]["models"] = ["deit"]
+    with pytest.raises(ValueError, match=re.escape("ablation.arms.kd.models: deit not in ablation.models")):
+        arm_models(config, "kd")
 
 
 def test_an_arm_keeps_the_study_settings_it_does_not_override():
@@ -122,7 +139,8 @@ def test_ablated_models_must_exist():
 
 def test_schema_fills_ablation_defaults():
     config = validated(yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text()))
-    assert config["ablation"] == {"bits": [4, 2], "models": None, "arms": {"baseline": {}}}
+    assert config["ablation"] == {"bits": [4, 2], "models": None, "fp32_seeds": None, "qat_seeds": None,
+                                  "arms": {"baseline": {}}}
 
 
 def _write_metrics(folder: Path, name: str, **record) -> str:
@@ -134,20 +152,21 @@ def _write_metrics(folder: Path, name: str, **record) -> str:
 def test_table_renders_arms_by_bits_and_model(tmp_path):
     fp32 = [_write_metrics(tmp_path, f"fp32_{model}_{seed}", model=model, seed=seed, test_top1=top1)
             for model, seed, top1 in [("cnn", 0, 90.0), ("cnn", 1, 92.0), ("vit", 0, 88.0), ("vit", 1, 88.0)]]
-    arm_files = []
+    arm_files, arm_of = [], {}
     for arm, gain in [("kd", 1.0), ("baseline", 0.0)]:  # files in any order; rows follow the arm list
         for model, family in [("vit", "vit"), ("cnn", "cnn")]:
             for bits in (4, 2):
                 for seed in (0, 1):
                     history = [{"epoch": 1, "oscillating_share": 0.2}, {"epoch": 2, "oscillating_share": 0.05 * seed}]
                     arm_files.append(_write_metrics(
-                        tmp_path, f"{arm}_{model}_{bits}_{seed}", model=model, family=family, arm=arm, w_bits=bits,
-                        a_bits=bits, seed=seed, test_top1=80.0 + bits + gain + seed, history=history))
+                        tmp_path, f"{arm}_{model}_{bits}_{seed}", model=model, family=family, w_bits=bits,
+                        a_bits=bits, seed=seed, qat_seed=0, test_top1=80.0 + bits + gain + seed, history=history))
+                    arm_of[arm_files[-1]] = arm
     arms, models = ["baseline", "kd"], ["cnn", "vit"]
-    frame = ablation_frame(arm_files, fp32, arms)
+    frame = ablation_frame(arm_files, fp32, arms, arm_of)
 
-    assert list(frame.columns) == ["model", "family", "arm", "w_bits", "a_bits", "seed", "top1", "fp32_top1",
-                                   "oscillating_share", "config_hash", "git_commit", "git_dirty"]
+    assert list(frame.columns) == ["model", "family", "arm", "w_bits", "a_bits", "seed", "qat_seed", "top1",
+                                   "fp32_top1", "oscillating_share", "config_hash", "git_commit", "git_dirty"]
     assert len(frame) == 2 * 2 * 2 * 2
     assert list(frame.arm.drop_duplicates()) == arms
     row = frame[(frame.arm == "kd") & (frame.model == "cnn") & (frame.w_bits == 2) & (frame.seed == 1)].iloc[0]
@@ -169,8 +188,8 @@ def test_table_renders_arms_by_bits_and_model(tmp_path):
 
 def test_table_escapes_arm_names_for_latex(tmp_path):
     fp32 = [_write_metrics(tmp_path, "fp32", model="vit", seed=0, test_top1=88.0)]
-    arm = [_write_metrics(tmp_path, "arm", model="vit", family="vit", arm="kd_reg", w_bits=4, a_bits=4, seed=0,
+    arm = [_write_metrics(tmp_path, "arm", model="vit", family="vit", w_bits=4, a_bits=4, seed=0, qat_seed=0,
                           test_top1=85.0, history=[])]
-    frame = ablation_frame(arm, fp32, ["kd_reg"])
+    frame = ablation_frame(arm, fp32, ["kd_reg"], {arm[0]: "kd_reg"})
     assert pd.isna(frame.oscillating_share[0])
     assert r"kd\_reg & 85.00 \\" in ablation_latex(frame, ["kd_reg"], ["vit"])

@@ -103,7 +103,7 @@ def test_sensitivity_quantizes_one_group_at_a_time(data, monkeypatch):
 
     monkeypatch.setattr(analysis, "evaluate", spy)
     splits = Splits(data)
-    rows = analysis.sensitivity(model, splits, bits=[3], calibration="minmax", calib_images=32, test_images=30,
+    rows = analysis.sensitivity(model, splits, bits=[3], calibration="minmax", calib_images=32, val_images=30,
                                 log=lambda _: None)
     assert [r["group"] for r in rows] == [*groups, "all"]
     assert quantized_in_eval[0] == []  # the FP32 reference
@@ -111,14 +111,14 @@ def test_sensitivity_quantizes_one_group_at_a_time(data, monkeypatch):
         expected = groups.get(row["group"]) or [n for g in groups.values() for n in g]
         assert names == sorted(expected), row["group"]
         assert (row["w_bits"], row["a_bits"]) == (3, 3)
-        assert row["fp32_top1"] == pytest.approx(evaluate(model, splits.x["test"][:30], splits.y["test"][:30]))
+        assert row["fp32_top1"] == pytest.approx(evaluate(model, splits.x["val"][:30], splits.y["val"][:30]))
         assert row["drop"] == pytest.approx(row["fp32_top1"] - row["top1"])
     assert rows[-1]["modules"] == sum(len(n) for n in groups.values())
 
 
 def test_sensitivity_group_selection(data):
     rows = analysis.sensitivity(tiny(RESNET), Splits(data), bits=[4, 2], groups=["head", "qkv", "stage4"],
-                                calibration="minmax", calib_images=16, test_images=8, log=lambda _: None)
+                                calibration="minmax", calib_images=16, val_images=8, log=lambda _: None)
     # a group this model lacks (qkv) is skipped, not an error: configs mix CNNs and ViTs
     assert [(r["w_bits"], r["group"]) for r in rows] == [(4, "stage4"), (4, "head"), (4, "all"),
                                                           (2, "stage4"), (2, "head"), (2, "all")]
@@ -138,7 +138,7 @@ def test_schema_defaults_and_group_names_agree_with_the_code():
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config.pop("analysis")
     validate(config, schema)
-    assert config["analysis"] == {"sensitivity_bits": [4, 2], "sensitivity_groups": None, "test_images": 1000,
+    assert config["analysis"] == {"sensitivity_bits": [4, 2], "sensitivity_groups": None, "val_images": None,
                                   "variation_images": 256}
     names = ["stem", "stage1", "stage12", "qkv", "attention_map", "attn_proj", "fc1", "fc2", "patch_merging", "other",
              "head"]
@@ -208,7 +208,7 @@ def test_stages_write_json_and_the_tables_have_the_agreed_columns(data, tmp_path
             files[kind].append(str(tmp_path / name / f"{kind}.json"))
         analysis.analyse_sensitivity(data=str(data), fp32_checkpoint=str(checkpoint), identity=identity, seed=0,
                                      bits=[4], groups=["stem", "head"], quant_options={"weight_per_channel": True},
-                                     calibration="minmax", calib_images=16, test_images=10,
+                                     calibration="minmax", calib_images=16, val_images=10,
                                      output=files["sensitivity"][-1], provenance=PROVENANCE, log=lambda _: None)
         analysis.analyse_variation(data=str(data), fp32_checkpoint=str(checkpoint), identity=identity, seed=0,
                                    images=8, output=files["variation"][-1], provenance=PROVENANCE, log=lambda _: None)

@@ -58,7 +58,8 @@ def test_grid_config_numbers_copies_of_the_studys_models():
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     grid = bench_planning.grid_config(base, 6, [8, 6, 5, 4, 3, 2], [0, 1, 2])
     assert list(grid["models"]) == [*base["models"], "resnet-2", "mobilenet-2"]
-    assert grid["models"]["resnet-2"] == base["models"]["resnet"] and len(grid["bits"]) == 6 == 2 * len(grid["seeds"])
+    assert grid["models"]["resnet-2"] == base["models"]["resnet"] and len(grid["bits"]) == 6
+    assert grid["seeds"]["fp32"] == [0, 1, 2] and grid["seeds"]["qat"] == base["seeds"]["qat"]
     assert grid["ablation"] == base["ablation"] and base["bits"] == [8, 6, 4, 3, 2]  # the base is left alone
 
 
@@ -69,7 +70,7 @@ def test_planning_bench_finds_a_no_op_run_over_every_output(tmp_path):
                                   log=lambda _: None)
     assert (result["models"], result["bits"], result["seeds"], result["arms"]) == (3, 2, 1, 2)
     assert 0 < result["jobs_all"] < result["jobs_all_ablation"]
-    assert (tmp_path / "runs/cnn-2/seed0/ablation/kd_w4a4/metrics.json").is_file()  # every output was made
+    assert (tmp_path / "runs/grid/cnn-2/seed0/ablation/kd_w4a4_q0/metrics.json").is_file()  # every output was made
     assert result["noop_nothing_to_do"] and result["files_changed"] == [] and result["files"] > 100
     lines = bench_planning.report(result).splitlines()
     assert lines[0] == "grid: 3 models x 2 bit-widths x 1 seeds, 2 ablation arms"

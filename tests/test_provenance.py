@@ -80,7 +80,7 @@ def test_config_digest_leaves_out_the_grid_axes(config):
     digests = {stage: config_digest(config, stage) for stage in ("fp32", "ptq", "qat")}
     grown = copy.deepcopy(config)
     grown["bits"] = config["bits"] + ["w4a8"]
-    grown["seeds"] = config["seeds"] + [7]
+    grown["seeds"] = {**config["seeds"], "fp32": config["seeds"]["fp32"] + [7], "qat": config["seeds"]["qat"] + [7]}
     grown["models"]["deit"] = {"arch": "deit_tiny_patch16_224", "family": "vit", "kwargs": {}}
     grown["ablation"]["arms"]["kd_only"] = {"distillation": {"weight": 0.3}}
     grown["ablation"]["bits"] = [3]

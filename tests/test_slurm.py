@@ -27,7 +27,7 @@ from helpers import free_port, needs_fashion_mnist
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
-TARGET = "runs/vit/seed0/fp32/metrics.json"  # the tiny ViT trains faster than its CNN
+TARGET = "runs/tiny/vit/seed0/fp32/metrics.json"  # the tiny ViT trains faster than its CNN
 RULES = {"download", "split", "train_fp32"}  # the jobs TARGET needs: two on CPUs, one with a GPU
 GPU_RULES = {"train_fp32"}
 MEMORY_MB = 64_000  # declared node memory: fits the profile's requests, up to 16 GB x 3 attempts (not enforced)

@@ -43,7 +43,7 @@ def run_fp32(data: Path, folder: Path, *, epochs: int = 1, seed: int = 0, log=No
 
 def run_qat(data: Path, fp32_ckpt: Path, folder: Path, *, epochs: int = 1, log=None) -> dict:
     return stages.qat(data=str(data), fp32_checkpoint=str(fp32_ckpt), scheme=SCHEME, identity=IDENTITY,
-                      settings=settings(epochs), calibration="mse", calib_images=64, seed=0,
+                      settings=settings(epochs), calibration="mse", calib_images=64, seed=0, fp32_seed=0,
                       checkpoint=str(folder / "model.pt"), metrics=str(folder / "metrics.json"),
                       log=log or (lambda _: None))
 

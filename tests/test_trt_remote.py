@@ -128,7 +128,7 @@ def study(device, tmp_path_factory) -> Path:
 
 
 def test_engines_are_built_and_benchmarked_over_ssh(study, device):
-    bench = pd.read_csv(study / "results/tables/bench.csv")
+    bench = pd.read_csv(study / "results/study/tables/bench.csv")
     trt_rows = bench[bench.backend == "tensorrt"]
     # engines x batch sizes: the FP32 model in FP32 and FP16 (trt.float_baselines), the QAT model in INT8+FP16
     assert len(trt_rows) == 3 * 2 and sorted(zip(trt_rows.method, trt_rows.precision)) == [
@@ -138,8 +138,8 @@ def test_engines_are_built_and_benchmarked_over_ssh(study, device):
     assert len(bench[bench.backend == "onnxruntime-cpu"]) == 2 * 2  # the CPU benchmark is still there
 
     for variant, folder, precision, flags in [("fp32", "fp32", "fp32", []), ("fp32", "fp16", "fp16", ["--fp16"]),
-                                              ("qat_w8a8", "fp16", "int8+fp16", ["--fp16", "--int8"])]:
-        run = study / "runs/cnn/seed0" / variant
+                                              ("qat_w8a8_q0", "fp16", "int8+fp16", ["--fp16", "--int8"])]:
+        run = study / "runs/study/cnn/seed0" / variant
         record = read_json(run / f"trt/{folder}/b4.build.json")
         assert record["precision"] == precision
         assert record["engine_bytes"] == (run / f"trt/{folder}/b4.engine").stat().st_size
@@ -151,7 +151,7 @@ def test_engines_are_built_and_benchmarked_over_ssh(study, device):
         assert device_record["l4t"] is None and device_record["clocks"] is None  # tolerated: not a real Jetson
         for row in result["rows"]:
             assert row["power_w"] == pytest.approx(7.8) and row["energy_mj_per_image"] > 0
-    log = (study / "logs/trt_bench/cnn_seed0_qat_w8a8_fp16.log").read_text()
+    log = (study / "logs/study/trt_bench/cnn_seed0_qat_w8a8_q0_fp16.log").read_text()
     assert f"on ssh host '{HOST}': trtexec --loadEngine=model.engine" in log
     assert not list(device["remote_tmp"].glob("qatstudy-trt.*"))  # every job's scratch folder was removed
 
@@ -163,14 +163,14 @@ def test_another_host_reruns_nothing(study, device):
 
 
 def test_unreachable_device_fails_clearly_and_leaves_nothing(study, device):
-    engines = study / "runs/cnn/seed0/fp32/trt"
-    trt_result, table = study / "runs/cnn/seed0/fp32/bench_trt_fp16.json", study / "results/tables/bench.csv"
+    engines = study / "runs/study/cnn/seed0/fp32/trt"
+    trt_result, table = study / "runs/study/cnn/seed0/fp32/bench_trt_fp16.json", study / "results/study/tables/bench.csv"
     shutil.rmtree(engines)  # as if the FP32 model had never been on the device
     trt_result.unlink()
     table.unlink()
     result = snakemake(study, {**device["env"], "QATSTUDY_JETSON_HOST": DOWN_HOST}, "bench")
     assert result.returncode != 0
-    logs = [p.read_text() for p in (study / "logs/trt_build").glob("cnn_seed0_fp32_*_b*.log")]
+    logs = [p.read_text() for p in (study / "logs/study/trt_build").glob("cnn_seed0_fp32_*_b*.log")]
     failed = [text for text in logs if "could not reach the TensorRT device" in text]
     assert failed and f"(host '{DOWN_HOST}') in 2 attempt(s)" in failed[0] and "Connection refused" in failed[0]
     assert not [p for p in engines.rglob("*") if p.is_file()]  # no engine, record or temporary file

@@ -36,20 +36,21 @@ def scheduled_outputs(dry_run_output: str) -> str:
 
 
 def dry_run_all(workdir: Path, tmp_path: Path, config: dict) -> str:
-    """The output of `snakemake all --dry-run` in `workdir` with `config` as the config file."""
-    path = tmp_path / "config.yaml"
+    """The output of `snakemake all --dry-run` in `workdir` with `config` as the config file (a file named like the
+    tiny study's, so that it is the same study)."""
+    path = tmp_path / TINY.name
     path.write_text(yaml.safe_dump(config))
     return snakemake(workdir, "--configfile", str(path), "--cores", "2", "all", "--dry-run").stdout
 
 
 def scheduled_models(dry_run_output: str) -> set[str]:
     """The models whose run folders scheduled jobs write to."""
-    return set(re.findall(r"runs/([^/\s]+)/seed", scheduled_outputs(dry_run_output)))
+    return set(re.findall(r"runs/[^/\s]+/([^/\s]+)/seed", scheduled_outputs(dry_run_output)))
 
 
 def scheduled_variants(dry_run_output: str) -> set[str]:
-    """The run folders (fp32, ptq_w4a4, ...) that scheduled jobs write to."""
-    return set(re.findall(r"runs/[^/\s]+/seed\d+/(\w+)/", scheduled_outputs(dry_run_output)))
+    """The run folders (fp32, ptq_w4a4_q0, ...) that scheduled jobs write to."""
+    return set(re.findall(r"runs/[^/\s]+/[^/\s]+/seed\d+/(\w+)/", scheduled_outputs(dry_run_output)))
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
@@ -74,7 +75,7 @@ def tiny_study(tmp_path_factory) -> Path:
 @needs_fashion_mnist
 def test_tiny_study_tables(tiny_study):
     config = yaml.safe_load(TINY.read_text())
-    accuracy = pd.read_csv(tiny_study / "results/tables/accuracy.csv")
+    accuracy = pd.read_csv(tiny_study / "results/tiny/tables/accuracy.csv")
     n_models, n_bits = len(config["models"]), len(config["bits"])
     assert len(accuracy) == n_models * (1 + 2 * n_bits)
     for column in ["model", "family", "method", "w_bits", "a_bits", "seed", "top1", "onnx_top1"]:
@@ -87,7 +88,7 @@ def test_tiny_study_tables(tiny_study):
     quantized = accuracy[accuracy.method != "fp32"]
     assert (quantized.packed_bytes < quantized.fp32_bytes).all()
 
-    bench = pd.read_csv(tiny_study / "results/tables/bench.csv")
+    bench = pd.read_csv(tiny_study / "results/tiny/tables/bench.csv")
     assert len(bench) == n_models * (1 + n_bits) * len(config["bench"]["batch_sizes"])
     for column in ["model", "family", "method", "w_bits", "a_bits", "backend", "batch", "latency_ms_p50",
                    "latency_ms_p99", "throughput_ips", "model_bytes", "peak_mem_bytes"]:
@@ -98,7 +99,7 @@ def test_tiny_study_tables(tiny_study):
     for _, row in bench[bench.method == "qat"].iterrows():
         assert row.model_bytes < fp32_bytes[row.model]
 
-    summary = (tiny_study / "results/tables/summary.md").read_text()
+    summary = (tiny_study / "results/tiny/tables/summary.md").read_text()
     for model in config["models"]:
         assert f"| {model} |" in summary
 
@@ -107,16 +108,16 @@ def test_tiny_study_tables(tiny_study):
         assert table.config_hash.notna().all() and "git_commit" in table and "git_dirty" in table
         assert (table.groupby("method").config_hash.nunique() == 1).all()
     assert accuracy.config_hash.nunique() == 3  # fp32, ptq and qat each hash the config sections behind them
-    run = tiny_study / "runs/vit/seed0/qat_w8a8"
+    run = tiny_study / "runs/tiny/vit/seed0/qat_w8a8_q0"
     for name, scope in [("metrics.json", "qat"), ("onnx.json", "qat"), ("bench_cpu.json", "qat+bench")]:
         record = read_json(run / name)["provenance"]
         assert (record["config_scope"], record["seed"]) == (scope, 0)
         assert record["packages"]["torch"] and record["hardware"]["cpus"] >= 1
-    sensitivity = read_json(tiny_study / "runs/cnn/seed0/analysis/sensitivity.json")["provenance"]
+    sensitivity = read_json(tiny_study / "runs/tiny/cnn/seed0/analysis/sensitivity.json")["provenance"]
     assert sensitivity["config_scope"] == "fp32+sensitivity"
     # PTQ and QAT (before and after its fine-tune) tried re-estimating the CNN's batch norms on 64 images
-    qat_bn = read_json(tiny_study / "runs/cnn/seed0/qat_w4a4/metrics.json")["batchnorm"]
-    ptq_bn = read_json(tiny_study / "runs/cnn/seed0/ptq_w4a4/metrics.json")["batchnorm"]
+    qat_bn = read_json(tiny_study / "runs/tiny/cnn/seed0/qat_w4a4_q0/metrics.json")["batchnorm"]
+    ptq_bn = read_json(tiny_study / "runs/tiny/cnn/seed0/ptq_w4a4_q0/metrics.json")["batchnorm"]
     for record in (qat_bn["init"], qat_bn["final"], ptq_bn):
         assert record["images"] == 64 and record["norms"] > 0 and record["min_gain"] == 0.1  # the schema default
         assert record["reestimated"] == (round(record["val_top1_after"] - record["val_top1_before"], 6) >= 0.1)
@@ -126,21 +127,21 @@ def test_tiny_study_tables(tiny_study):
 def test_tiny_study_figures(tiny_study):
     for name in ["accuracy_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch",
                  "sensitivity"]:
-        assert (tiny_study / f"results/figures/{name}.png").read_bytes().startswith(b"\x89PNG")
-        assert "<svg" in (tiny_study / f"results/figures/{name}.svg").read_text()
-        assert "vega" in (tiny_study / f"results/figures/{name}.html").read_text().lower()
-        assert ".csv" in (tiny_study / f"results/figures/{name}.caption.md").read_text()
+        assert (tiny_study / f"results/tiny/figures/{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert "<svg" in (tiny_study / f"results/tiny/figures/{name}.svg").read_text()
+        assert "vega" in (tiny_study / f"results/tiny/figures/{name}.html").read_text().lower()
+        assert ".csv" in (tiny_study / f"results/tiny/figures/{name}.caption.md").read_text()
 
 
 @needs_fashion_mnist
 def test_tiny_study_analysis_tables(tiny_study):
     config = yaml.safe_load(TINY.read_text())
-    sensitivity = pd.read_csv(tiny_study / "results/tables/sensitivity.csv")
+    sensitivity = pd.read_csv(tiny_study / "results/tiny/tables/sensitivity.csv")
     assert set(sensitivity.model) == set(config["models"])
     assert set(sensitivity.w_bits) == set(config["analysis"]["sensitivity_bits"])
     assert {"stem", "head", "qkv", "stage1"} <= set(sensitivity.group)
     assert ((sensitivity.fp32_top1 - sensitivity.top1 - sensitivity["drop"]).abs() < 1e-6).all()
-    variation = pd.read_csv(tiny_study / "results/tables/variation.csv")
+    variation = pd.read_csv(tiny_study / "results/tiny/tables/variation.csv")
     assert set(variation.kind) == {"weight", "activation"} and set(variation.model) == set(config["models"])
 
 
@@ -168,8 +169,26 @@ def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
     assert counts == {"ptq": n_models, "qat": n_models, "export_onnx": n_models, "bench_cpu": n_models,
                       "aggregate": 1, "render_figures": 1, "all": 1, "total": 4 * n_models + 3}
     scheduled = scheduled_variants(output)
-    assert scheduled == {"ptq_w2a2", "qat_w2a2"}
+    assert scheduled == {"ptq_w2a2_q0", "qat_w2a2_q0"}
 
+
+
+def test_every_qat_seed_quantizes_every_fp32_model(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["bits"] = [8, 4]
+    config["seeds"] = {"fp32": [0, 1], "qat": [3, 5], "qat_by_bits": {8: [3]}, "ptq": [3]}
+    output = dry_run_all(tmp_path, tmp_path, config)
+    runs = set(re.findall(r"runs/tiny/([^/\s]+)/seed(\d+)/(\w+)/", scheduled_outputs(output)))
+    for model in config["models"]:
+        for fp32_seed in "01":
+            assert {v for m, s, v in runs if (m, s) == (model, fp32_seed)} >= {
+                "fp32", "ptq_w8a8_q3", "ptq_w4a4_q3", "qat_w8a8_q3", "qat_w4a4_q3", "qat_w4a4_q5"}
+    assert not {v for _, _, v in runs if v in ("ptq_w4a4_q5", "qat_w8a8_q5")}
+    config["seeds"]["ptq"] = [5]  # not a QAT seed of 8 bits: PTQ and QAT would not be paired there
+    path = tmp_path / TINY.name
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--configfile", str(path), "--cores", "2", "all", "--dry-run", check=False)
+    assert result.returncode != 0 and "seeds.ptq: [5] not among the QAT seeds of w8a8" in result.stdout + result.stderr
 
 @needs_fashion_mnist
 def test_a_models_quant_override_reschedules_only_its_quantized_jobs(tiny_study, tmp_path):
@@ -278,8 +297,7 @@ def test_missing_dataset_fails_with_sources_tried(tmp_path):
     config["dataset"]["urls"] = [(tmp_path / "no-such-server").as_uri() + "/"]
     bad = tmp_path / "nodata.yaml"
     bad.write_text(yaml.safe_dump(config))
-    result = snakemake(tmp_path, "--configfile", str(bad), "--cores", "1", "data/fashion_mnist/splits.npz",
-                       check=False)
+    result = snakemake(tmp_path, "--configfile", str(bad), "--cores", "1", "runs/nodata/splits.npz", check=False)
     assert result.returncode != 0
     log = (tmp_path / "logs/download_fashion_mnist.log").read_text()
     assert "could not obtain" in log and "empty-mirror" in log and "no-such-server" in log
@@ -309,9 +327,10 @@ def test_key_order_in_the_config_does_not_change_params():
 
 def test_model_overrides_merge_over_stage_settings():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["models"]["vit"]["train"] = {"epochs": config["train"]["epochs"] + 1}
     vit = merged_settings(config, "train", "vit")
     resnet = merged_settings(config, "train", "resnet")
-    assert vit["epochs"] == config["models"]["vit"]["train"]["epochs"] != resnet["epochs"]
+    assert vit["epochs"] == config["train"]["epochs"] + 1 and resnet["epochs"] == config["train"]["epochs"]
     assert vit["lr"] == resnet["lr"] == config["train"]["lr"]
 
 
@@ -323,4 +342,4 @@ def test_weight_activation_tags_become_their_own_jobs(tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--configfile", str(path), "--cores", "2", "all", "--dry-run")
     scheduled = scheduled_variants(result.stdout)
-    assert scheduled == {"fp32", "ptq_w8a8", "ptq_w4a8", "qat_w8a8", "qat_w4a8", "analysis"}
+    assert scheduled == {"fp32", "ptq_w8a8_q0", "ptq_w4a8_q0", "qat_w8a8_q0", "qat_w4a8_q0", "analysis"}

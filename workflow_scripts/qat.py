@@ -11,7 +11,7 @@ def main(snakemake, log):
         scheme=QuantScheme.from_tag(snakemake.wildcards.tag, **p.quant), identity=p.identity,
         settings=TrainSettings(**p.settings), calibration=p.calibration["method"],
         calib_images=p.calibration["images"], bn_reestimation=BatchnormReestimation.from_config(p.calibration),
-        seed=int(snakemake.wildcards.seed), objective=QATSettings(**p.objective), checkpoint=snakemake.output.checkpoint,
+        seed=int(snakemake.wildcards.qseed), fp32_seed=int(snakemake.wildcards.seed), objective=QATSettings(**p.objective), checkpoint=snakemake.output.checkpoint,
         metrics=snakemake.output.metrics, provenance=job_provenance(snakemake), log=log)
 
 

@@ -10,26 +10,28 @@ from .aggregate import latex_escape, mean_std_text
 from .io import read_json
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
 
-ABLATION_COLUMNS = ["model", "family", "arm", "w_bits", "a_bits", "seed", "top1", "fp32_top1", "oscillating_share",
-                    *PROVENANCE_COLUMNS]
+ABLATION_COLUMNS = ["model", "family", "arm", "w_bits", "a_bits", "seed", "qat_seed", "top1", "fp32_top1",
+                    "oscillating_share", *PROVENANCE_COLUMNS]
 
 
-def ablation_frame(arm_files: list[str], fp32_files: list[str], arms: list[str]) -> pd.DataFrame:
-    """One row per arm x model x bits x seed: test top-1, the FP32 model's, and the share of
-    weights oscillating at the last QAT epoch. Rows follow the config's arm order."""
+def ablation_frame(arm_files: list[str], fp32_files: list[str], arms: list[str], arm_of: dict[str, str]
+                   ) -> pd.DataFrame:
+    """One row per arm x model x bits x FP32 seed x QAT seed: test top-1, the FP32 model's, and the share of
+    weights oscillating at the last QAT epoch. `arm_of` names each file's arm (a main-protocol arm's files are the
+    study's own QAT runs). Rows follow the config's arm order."""
     fp32_top1 = {(m["model"], m["seed"]): m["test_top1"] for m in map(read_json, fp32_files)}
     rows = []
     for f in arm_files:
         m = read_json(f)
         last_epoch = m["history"][-1] if m.get("history") else {}
-        rows.append({**{k: m[k] for k in ("model", "family", "arm", "w_bits", "a_bits", "seed")},
-                     "top1": m["test_top1"], "fp32_top1": fp32_top1[(m["model"], m["seed"])],
+        rows.append({**{k: m[k] for k in ("model", "family", "w_bits", "a_bits", "seed", "qat_seed")},
+                     "arm": arm_of[f], "top1": m["test_top1"], "fp32_top1": fp32_top1[(m["model"], m["seed"])],
                      "oscillating_share": last_epoch.get("oscillating_share"), **provenance_columns(m)})
     frame = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
     order = {arm: i for i, arm in enumerate(arms)}
-    frame = frame.sort_values(["arm", "family", "model", "w_bits", "a_bits", "seed"],
+    frame = frame.sort_values(["arm", "family", "model", "w_bits", "a_bits", "seed", "qat_seed"],
                               key=lambda col: col.map(order) if col.name == "arm" else col,
-                              ascending=[True, True, True, False, False, True], ignore_index=True)
+                              ascending=[True, True, True, False, False, True, True], ignore_index=True)
     return frame
 
 

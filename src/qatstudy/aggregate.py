@@ -12,7 +12,7 @@ import pandas as pd
 from .io import atomic_path, read_json
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
 
-ACCURACY_COLUMNS = ["model", "family", "arch", "method", "w_bits", "a_bits", "seed", "top1", "val_top1",
+ACCURACY_COLUMNS = ["model", "family", "arch", "method", "w_bits", "a_bits", "seed", "qat_seed", "top1", "val_top1",
                     "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", "quant", "objective",
                     *PROVENANCE_COLUMNS]
 # what a bench JSON (bench_cpu.json, bench_trt_<precision>.json) says of the run, besides its rows: the model and
@@ -41,8 +41,9 @@ def accuracy_table(metrics_files: list[str], onnx_files: list[str]) -> pd.DataFr
     frame = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
     # nullable integers: a float column would be written in write_csv's 6 significant digits
     frame["onnx_bytes"] = frame.onnx_bytes.astype("Int64")
-    return frame.sort_values(["family", "model", "method", "w_bits", "seed"], ascending=[True, True, True, False, True],
-                             ignore_index=True)
+    frame["qat_seed"] = frame.qat_seed.astype("Int64")  # none for FP32 rows
+    return frame.sort_values(["family", "model", "method", "w_bits", "seed", "qat_seed"],
+                             ascending=[True, True, True, False, True, True], ignore_index=True)
 
 
 def quant_options_text(quant: dict | None) -> str | None:
@@ -94,20 +95,21 @@ def oscillation_table(metrics_files: list[str]) -> pd.DataFrame:
         m = read_json(f)
         if m["method"] != "qat":
             continue
-        key = {k: m[k] for k in ("model", "family", "w_bits", "a_bits", "seed")}
+        key = {k: m.get(k) for k in ("model", "family", "w_bits", "a_bits", "seed", "qat_seed")}
         run = provenance_columns(m)
         for h in m.get("history", []):
             if "oscillating_share" not in h:
                 continue
             rows.append({**key, "epoch": h["epoch"], "layer": "(all)", "oscillating_share": h["oscillating_share"],
-                         "frozen_share": h["frozen_share"], **run})
+                         "integer_flip_share": h.get("integer_flip_share"), "frozen_share": h["frozen_share"], **run})
             rows += [{**key, "epoch": h["epoch"], "layer": name, "oscillating_share": layer["oscillating"],
-                      "frozen_share": layer["frozen"], **run} for name, layer in h["layers"].items()]
-    columns = ["model", "family", "w_bits", "a_bits", "seed", "epoch", "layer", "oscillating_share", "frozen_share",
-               *PROVENANCE_COLUMNS]
+                      "integer_flip_share": layer.get("integer_flips"), "frozen_share": layer["frozen"], **run}
+                     for name, layer in h["layers"].items()]
+    columns = ["model", "family", "w_bits", "a_bits", "seed", "qat_seed", "epoch", "layer", "oscillating_share",
+               "integer_flip_share", "frozen_share", *PROVENANCE_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
-    return frame.sort_values(["family", "model", "w_bits", "seed", "epoch"], ascending=[True, True, False, True, True],
-                             kind="stable", ignore_index=True)
+    return frame.sort_values(["family", "model", "w_bits", "seed", "qat_seed", "epoch"],
+                             ascending=[True, True, False, True, True, True], kind="stable", ignore_index=True)
 
 
 def write_csv(frame: pd.DataFrame, dest: str | Path) -> None:

@@ -16,7 +16,8 @@ decided from module names alone:
 - anything else in the body is `other` (no default model has such a layer).
 
 Sensitivity: post-training quantization of one group at a time (weights and activations at the
-same bit-width), every other layer float; top-1 on the first test images and the drop from FP32.
+same bit-width), every other layer float; top-1 on the first validation images and the drop from FP32 (the test
+split is kept for the study's reported results).
 Variation: range, channel variation, kurtosis and outlier share of every tensor a quantizer
 would see (weights, layer inputs, attention internals) in the FP32 model.
 """
@@ -116,7 +117,7 @@ def quantize_group(model: nn.Module, names: Collection[str], scheme: quant.Quant
 
 def sensitivity(model: nn.Module, splits: Splits, *, bits: Iterable[int], groups: Iterable[str] | None = None,
                 quant_options: dict | None = None, calibration: str = "mse", calib_images: int = 1024,
-                test_images: int = 1000, seed: int = 0, log=print) -> list[dict]:
+                val_images: int | None = None, seed: int = 0, log=print) -> list[dict]:
     """Top-1 with one module group at a time quantized (PTQ), per bit-width, and the drop from FP32.
 
     Per bit-width the whole model is calibrated once, as the PTQ stage does (calibration runs the
@@ -128,14 +129,14 @@ def sensitivity(model: nn.Module, splits: Splits, *, bits: Iterable[int], groups
     if groups is not None:
         check_group_names(groups)
     selected = [g for g in available if groups is None or g in groups]
-    x_test, y_test = splits.x["test"][:test_images], splits.y["test"][:test_images]
-    fp32_top1 = evaluate(model, x_test, y_test)
+    x_val, y_val = splits.x["val"][:val_images], splits.y["val"][:val_images]
+    fp32_top1 = evaluate(model, x_val, y_val)
     modules = {g: len(names) for g, names in available.items()}
     modules[ALL_GROUPS] = sum(modules.values())
     rows = []
 
     def record(group: str, w_bits: int, model_q: nn.Module) -> None:
-        top1 = evaluate(model_q, x_test, y_test)
+        top1 = evaluate(model_q, x_val, y_val)
         rows.append({"group": group, "w_bits": w_bits, "a_bits": w_bits, "top1": top1, "fp32_top1": fp32_top1,
                      "drop": fp32_top1 - top1, "modules": modules[group]})
         log(f"w{w_bits}a{w_bits} {group}: top-1 {top1:.2f}% (drop {fp32_top1 - top1:.2f} points)")
@@ -224,13 +225,13 @@ def _fp32_model_and_splits(checkpoint: str, data: str) -> tuple[nn.Module, Split
 
 def analyse_sensitivity(*, data: str, fp32_checkpoint: str, identity: dict, seed: int, bits: list[int],
                         groups: list[str] | None, quant_options: dict, calibration: str, calib_images: int,
-                        test_images: int, output: str, provenance: dict | None = None, log=print) -> dict:
+                        val_images: int | None, output: str, provenance: dict | None = None, log=print) -> dict:
     """The sensitivity of one FP32 run, written as JSON (rows plus the group -> layers map)."""
     start = time.perf_counter()
     model, splits = _fp32_model_and_splits(fp32_checkpoint, data)
     rows = sensitivity(model, splits, bits=bits, groups=groups, quant_options=quant_options, calibration=calibration,
-                       calib_images=calib_images, test_images=test_images, seed=seed, log=log)
-    record = {**identity, "seed": seed, "test_images": min(test_images, len(splits.y["test"])),
+                       calib_images=calib_images, val_images=val_images, seed=seed, log=log)
+    record = {**identity, "seed": seed, "val_images": len(splits.y["val"][:val_images]),
               "calibration": calibration, "calib_images": calib_images, "groups": layer_groups(model), "rows": rows,
               "time_s": time.perf_counter() - start, "provenance": provenance}
     write_json(output, record)

@@ -90,12 +90,12 @@ def hardware() -> dict:
             "memory_bytes": psutil.virtual_memory().total, "gpus": _gpus()}
 
 
-def provenance(config_digest: dict | None = None, seed: int | None = None) -> dict:
+def provenance(config_digest: dict | None = None, seed: int | None = None, qat_seed: int | None = None) -> dict:
     """The provenance record of a result made now, in this process (in a SLURM job: its job id)."""
     digest = config_digest or {}
     return {**git_state(), "packages": package_versions(), "hardware": hardware(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "config_scope": digest.get("scope"),
-            "config_hash": digest.get("hash"), "seed": seed}
+            "config_hash": digest.get("hash"), "seed": seed, "qat_seed": qat_seed}
 
 
 def with_tensorrt(record: dict | None, version: str | None) -> dict | None:

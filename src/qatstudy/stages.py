@@ -149,17 +149,18 @@ def reestimate_batchnorm_if_better(model: nn.Module, splits: Splits, settings: B
 
 
 def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, calibration: str,
-        calib_images: int, seed: int, metrics: str,
+        calib_images: int, seed: int, metrics: str, fp32_seed: int | None = None,
         bn_reestimation: BatchnormReestimation = BatchnormReestimation(), provenance: dict | None = None,
         log=print) -> dict:
-    """Post-training quantization: calibrate step sizes on a few training batches, no training."""
+    """Post-training quantization: calibrate step sizes on a few training batches, no training. `seed` (the QAT
+    seed) draws the calibration sample; `fp32_seed` is the FP32 model's, recorded."""
     splits = Splits(data, training_device())
     start = time.perf_counter()
     model, _, batchnorm = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
                                                calib_images=calib_images, bn_reestimation=bn_reestimation,
                                                batch_size=128, seed=seed)
     record = _record(model, splits, {**identity, "method": "ptq", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
-                                     "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration, calib_images=calib_images,
+                                     "seed": fp32_seed, "qat_seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration, calib_images=calib_images,
                      batchnorm=batchnorm, calib_time_s=time.perf_counter() - start, provenance=provenance)
     write_json(metrics, record)
     log(f"ptq {scheme.tag}: val {record['val_top1']:.2f}%, test {record['test_top1']:.2f}%")
@@ -167,12 +168,14 @@ def ptq(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
 
 
 def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity: dict, settings: TrainSettings,
-        calibration: str, calib_images: int, seed: int, checkpoint: str, metrics: str,
+        calibration: str, calib_images: int, seed: int, checkpoint: str, metrics: str, fp32_seed: int | None = None,
         bn_reestimation: BatchnormReestimation = BatchnormReestimation(), objective: QATSettings = QATSettings(),
         provenance: dict | None = None, log=print) -> dict:
     """Quantization-aware training: LSQ fake quantization initialised from the FP32 model, fine-tuned,
     with the FP32 model as distillation teacher when `objective.distill_weight` > 0. Batch-norm statistics are
-    re-estimated for the quantized model before and after (kept where validation top-1 gains enough)."""
+    re-estimated for the quantized model before and after (kept where validation top-1 gains enough). `seed` (the
+    QAT seed) fixes the calibration sample, the data order and the augmentation; `fp32_seed` is the FP32 model's,
+    recorded."""
     splits = Splits(data, training_device())
     model, ckpt, batchnorm_init = _quantized_from_fp32(fp32_checkpoint, scheme, splits, calibration=calibration,
                                                        calib_images=calib_images, bn_reestimation=bn_reestimation,
@@ -190,7 +193,7 @@ def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
     batchnorm_final = reestimate_batchnorm_if_better(model, splits, bn_reestimation, batch_size=settings.batch_size,
                                                      seed=seed)
     record = _record(model, splits, {**identity, "method": "qat", "w_bits": scheme.w_bits, "a_bits": scheme.a_bits,
-                                     "seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration,
+                                     "seed": fp32_seed, "qat_seed": seed}, quant=dataclasses.asdict(scheme), calibration=calibration,
                      objective=dataclasses.asdict(objective), batchnorm={"init": batchnorm_init, "final": batchnorm_final},
                      **result, provenance=provenance)
     save_checkpoint(checkpoint, model, arch=ckpt["arch"], kwargs=ckpt["kwargs"], num_classes=ckpt["num_classes"],

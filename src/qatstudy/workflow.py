@@ -6,10 +6,13 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 import traceback
+from pathlib import Path
 
 import jsonschema
+import yaml
 
 from .provenance import provenance
 from .settings import TrainSettings
@@ -77,14 +80,59 @@ def config_digest(config: dict, stage: str, **settings) -> dict:
 
 
 def job_provenance(snakemake) -> dict:
-    """The provenance record of a job's result: its rule's `config_digest` param and its seed wildcard."""
-    seed = snakemake.wildcards.get("seed")
-    return provenance(snakemake.params.config_digest, None if seed is None else int(seed))
+    """The provenance record of a job's result: its rule's `config_digest` param and its seed wildcards (the FP32
+    model's `seed`, and the `qseed` of a PTQ or QAT run)."""
+    seeds = {name: int(snakemake.wildcards[key]) for name, key in (("seed", "seed"), ("qat_seed", "qseed"))
+             if snakemake.wildcards.get(key) is not None}
+    return provenance(snakemake.params.config_digest, **seeds)
 
 
 def bit_tags(bits: list) -> list[str]:
     """Config bit-widths as tags: an integer b is `wbab`, a tag such as `w4a8` stays as it is."""
     return [b if isinstance(b, str) else f"w{b}a{b}" for b in bits]
+
+
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def study_name(config: dict, cli_configfiles) -> str:
+    """The study's name, which names its folders (runs/<study>, results/<study>, logs/<study>): `study` in the config;
+    when --configfile names files none of which sets it, the last file's name (tests/configs/tiny.yaml: tiny), so
+    that another study never writes into the default study's folders."""
+    files = [Path(f) for f in cli_configfiles or ()]
+    if files and not any("study" in (yaml.safe_load(f.read_text()) or {}) for f in files):
+        name = files[-1].stem
+    else:
+        name = config.get("study") or "default"
+    if not _STUDY_NAME.match(name):
+        raise ValueError(f"study: {name!r} must be letters, digits, '_', '.' and '-' (it names the study's folders)")
+    return name
+
+
+def qat_seeds(config: dict) -> dict[str, list[int]]:
+    """Per bit-width tag, the QAT seeds its PTQ and QAT runs use on every FP32 model: `seeds.qat`, or the tag's own
+    list in `seeds.qat_by_bits` (keys written as in `bits`). A QAT seed fixes the fine-tune's data order and
+    augmentation and the calibration sample."""
+    by_bits = {bit_tags([int(k) if str(k).isdigit() else k])[0]: v for k, v in config["seeds"]["qat_by_bits"].items()}
+    tags = bit_tags(config["bits"])
+    unknown = sorted(set(by_bits) - set(tags))
+    if unknown:
+        raise ValueError(f"seeds.qat_by_bits: {', '.join(unknown)} not in bits ({', '.join(tags)})")
+    return {tag: by_bits.get(tag, config["seeds"]["qat"]) for tag in tags}
+
+
+def ptq_seeds(config: dict) -> dict[str, list[int]]:
+    """Per bit-width tag, the QAT seeds whose calibration sample PTQ runs with: `seeds.ptq` where it is set (each
+    must be one of every bit-width's QAT seeds, so PTQ and QAT stay paired), else all of the tag's QAT seeds."""
+    by_tag = qat_seeds(config)
+    chosen = config["seeds"]["ptq"]
+    if chosen is None:
+        return by_tag
+    for tag, seeds in by_tag.items():
+        missing = sorted(set(chosen) - set(seeds))
+        if missing:
+            raise ValueError(f"seeds.ptq: {missing} not among the QAT seeds of {tag} ({seeds})")
+    return {tag: list(chosen) for tag in by_tag}
 
 
 def ablation_arms(config: dict, schema: dict) -> dict[str, dict]:
@@ -100,11 +148,29 @@ def ablation_arms(config: dict, schema: dict) -> dict[str, dict]:
 
 def _arm_overrides(config: dict, arm: str) -> dict:
     """Ablation arm `arm`'s section overrides, each section checked to be one of ARM_SECTIONS."""
-    overrides = config["ablation"]["arms"][arm]
+    overrides = {k: v for k, v in config["ablation"]["arms"][arm].items() if k != "models"}
     for section in overrides:
         if section not in ARM_SECTIONS:
-            raise ValueError(f"ablation.arms.{arm}.{section}: unknown key; an arm overrides {', '.join(ARM_SECTIONS)}")
+            raise ValueError(f"ablation.arms.{arm}.{section}: unknown key; an arm overrides {', '.join(ARM_SECTIONS)}"
+                             " (and may name its models)")
     return overrides
+
+
+def is_main_protocol_arm(config: dict, arm: str) -> bool:
+    """An arm that overrides nothing: its runs are the study's own QAT runs."""
+    return not _arm_overrides(config, arm)
+
+
+def arm_models(config: dict, arm: str) -> list[str]:
+    """The ablated models arm `arm` runs on: its `models`, or every ablated model. An arm whose change cannot touch
+    some models (depthwise inputs, for models without depthwise convolutions) names the others, rather than rerun
+    the main protocol under another name."""
+    ablated = ablation_models(config)
+    models = config["ablation"]["arms"][arm].get("models", ablated)
+    unknown = [m for m in models if m not in ablated]
+    if unknown:
+        raise ValueError(f"ablation.arms.{arm}.models: {', '.join(unknown)} not in ablation.models ({', '.join(ablated)})")
+    return list(models)
 
 
 def model_config(config: dict, model: str, schema: dict) -> dict:
@@ -157,6 +223,16 @@ def ablation_models(config: dict) -> list[str]:
     if unknown:
         raise ValueError(f"ablation.models: {', '.join(unknown)} not in models ({', '.join(config['models'])})")
     return list(models)
+
+
+def ablation_seeds(config: dict) -> tuple[list[int], list[int]]:
+    """The ablation's FP32 seeds (`ablation.fp32_seeds`, default the study's first) and QAT seeds
+    (`ablation.qat_seeds`, default `seeds.qat`)."""
+    fp32 = config["ablation"]["fp32_seeds"] or config["seeds"]["fp32"][:1]
+    unknown = sorted(set(fp32) - set(config["seeds"]["fp32"]))
+    if unknown:
+        raise ValueError(f"ablation.fp32_seeds: {unknown} not in seeds.fp32 ({config['seeds']['fp32']})")
+    return list(fp32), list(config["ablation"]["qat_seeds"] or config["seeds"]["qat"])
 
 
 def model_identity(model: str, config: dict) -> dict:
