@@ -175,14 +175,14 @@ def test_table_renders_arms_by_bits_and_model(tmp_path):
     markdown = ablation_markdown(frame, arms, models)
     lines = markdown.splitlines()
     assert lines[0] == "| Arm | W4A4 cnn | W4A4 vit | W2A2 cnn | W2A2 vit |"
-    assert lines[2] == "| FP32 | 91.00 ± 1.41 | 88.00 ± 0.00 | 91.00 ± 1.41 | 88.00 ± 0.00 |"
-    assert lines[3] == "| baseline | 84.50 ± 0.71 | 84.50 ± 0.71 | 82.50 ± 0.71 | 82.50 ± 0.71 |"
-    assert lines[4].startswith("| kd | 85.50 ± 0.71 |")
+    assert lines[2] == "| FP32 | 91.00 ± 12.71 (n=2) | 88.00 ± 0.00 (n=2) | 91.00 ± 12.71 (n=2) | 88.00 ± 0.00 (n=2) |"
+    assert lines[3] == "| baseline | 84.50 ± 6.35 (n=2) | 84.50 ± 6.35 (n=2) | 82.50 ± 6.35 (n=2) | 82.50 ± 6.35 (n=2) |"
+    assert lines[4].startswith("| kd | 85.50 ± 6.35 (n=2) |")
 
     latex = ablation_latex(frame, arms, models)
     assert r"\multicolumn{2}{c}{W4A4} & \multicolumn{2}{c}{W2A2} \\" in latex
     assert r"\cmidrule(lr){2-3} \cmidrule(lr){4-5}" in latex
-    assert r"baseline & 84.50 $\pm$ 0.71 & 84.50 $\pm$ 0.71 & 82.50 $\pm$ 0.71 & 82.50 $\pm$ 0.71 \\" in latex
+    assert r"baseline & 84.50 $\pm$ 6.35 (n=2) & 84.50 $\pm$ 6.35 (n=2) & 82.50 $\pm$ 6.35 (n=2) & 82.50 $\pm$ 6.35 (n=2) \\" in latex
     assert latex.startswith(r"\begin{tabular}{lrrrr}") and latex.rstrip().endswith(r"\end{tabular}")
 
 

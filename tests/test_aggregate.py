@@ -232,24 +232,25 @@ def test_summary_markdown_two_seeds(tables):
     assert [(r["Model"], r["Family"]) for r in rows] == [("resnet_t", "cnn"), ("vit_t", "vit")]
     resnet, vit = rows
     assert resnet["Parameters"] == "1,234,567" and vit["Parameters"] == "200,000"
-    assert _cell(resnet, "FP32 top-1") == "91.00 ± 1.41"  # seeds 90 and 92
-    assert _cell(resnet, "W4A4 QAT top-1", exclude=("ONNX",)) == "89.00 ± 1.41"
-    assert _cell(resnet, "W4A4 QAT ONNX top-1") == "88.50 ± 1.41"
-    assert _cell(vit, "W4A4 QAT top-1", exclude=("ONNX",)) == "84.00 ± 1.41"
+    assert _cell(resnet, "FP32 top-1") == "91.00 ± 12.71 (n=2)"  # seeds 90 and 92: sd 1.41, t(1) 12.706
+    assert _cell(resnet, "W4A4 QAT top-1", exclude=("ONNX",)) == "89.00 ± 12.71 (n=2)"
+    assert _cell(resnet, "W4A4 QAT ONNX top-1") == "88.50 ± 12.71 (n=2)"
+    assert _cell(vit, "W4A4 QAT top-1", exclude=("ONNX",)) == "84.00 ± 12.71 (n=2)"
     assert _cell(resnet, "FP32 size") == "4.938"
     assert _cell(resnet, "packed size") == f"{packed('resnet_t', 4) / 1e6:.3f}" == "0.627"
-    assert _cell(resnet, "ONNX file") == f"{onnx_bytes('resnet_t', 4) / 1e6:.3f} ± 0.000"
+    assert _cell(resnet, "ONNX file") == f"{onnx_bytes('resnet_t', 4) / 1e6:.3f} ± 0.000 (n=2)"
     assert _cell(resnet, "reduction") == f"{100 * (1 - packed('resnet_t', 4) / 4_938_268):.1f}" == "87.3"
     assert _cell(vit, "reduction") == f"{100 * (1 - packed('vit_t', 4) / 800_000):.1f}"
-    # the benchmark table: a row per model, variant, backend and batch, mean ± std over the two seeds
+    # the benchmark table: a row per model, variant, backend and batch, mean ± 95% t-interval over the two seeds
     bench_rows = _table(text, "Model | Variant")
     assert len(bench_rows) == len(b) // 2
     assert {r["Variant"] for r in bench_rows} == {"FP32", "QAT W4A4", "QAT W8A8"}
     one = next(r for r in bench_rows if r["Model"] == "vit_t" and r["Variant"] == "QAT W4A4" and r["Batch"] == "64")
     latencies = pd.Series([latency("vit_t", 4, 64, s) for s in (0, 1)])
-    assert _cell(one, "Latency p50") == f"{latencies.mean():.3f} ± {latencies.std():.3f}" == "64.050 ± 0.071"
-    assert _cell(one, "Throughput") == f"{(64_000 / (1.1 * latencies)).mean():.0f} ± {(64_000 / (1.1 * latencies)).std():.0f}"
-    assert _cell(one, "Model file") == f"{onnx_bytes('vit_t', 4) / 1e6:.3f} ± 0.000"
+    assert _cell(one, "Latency p50") == f"{latencies.mean():.3f} ± {12.706 * latencies.std() / 2 ** 0.5:.3f} (n=2)" == "64.050 ± 0.635 (n=2)"
+    throughputs = 64_000 / (1.1 * latencies)
+    assert _cell(one, "Throughput") == f"{throughputs.mean():.0f} ± {12.706 * throughputs.std() / 2 ** 0.5:.0f} (n=2)"
+    assert _cell(one, "Model file") == f"{onnx_bytes('vit_t', 4) / 1e6:.3f} ± 0.000 (n=2)"
     assert [(r["Model"], r["Variant"], r["Batch"]) for r in bench_rows][:3] == [
         ("resnet_t", "FP32", "1"), ("resnet_t", "FP32", "64"), ("resnet_t", "QAT W8A8", "1")]
     # the top-1 by bits table: PTQ and QAT rows per model, FP32 and every bit-width as columns
@@ -258,8 +259,8 @@ def test_summary_markdown_two_seeds(tables):
                                                             ("vit_t", "PTQ"), ("vit_t", "QAT")]
     assert list(by_bits[0])[3:] == ["FP32", "W8A8", "W4A4"]
     resnet_ptq, resnet_qat = by_bits[:2]
-    assert resnet_ptq["FP32"] == resnet_qat["FP32"] == "91.00 ± 1.41"
-    assert resnet_ptq["W4A4"] == "41.00 ± 1.41" and resnet_qat["W4A4"] == "89.00 ± 1.41"
+    assert resnet_ptq["FP32"] == resnet_qat["FP32"] == "91.00 ± 12.71 (n=2)"
+    assert resnet_ptq["W4A4"] == "41.00 ± 12.71 (n=2)" and resnet_qat["W4A4"] == "89.00 ± 12.71 (n=2)"
     assert resnet_ptq["W8A8"] == "–"  # no PTQ W8A8 run in these fixtures
 
 
@@ -392,7 +393,7 @@ def test_latex_tables_well_formed(tables):
 def test_latex_table_cells(tables):
     acc, b = tables
     tex = latex_table(summary_tables(acc, b, qat_bits=4)["models"], label="models")
-    assert r"resnet\_t & cnn & 1,234,567 & 91.00 $\pm$ 1.41 & 89.00 $\pm$ 1.41 &" in tex
+    assert r"resnet\_t & cnn & 1,234,567 & 91.00 $\pm$ 12.71 (n=2) & 89.00 $\pm$ 12.71 (n=2) &" in tex
     assert r"FP32 top-1 (\%)" in tex and r"\caption{Models: FP32 against W4A4 QAT. Top-1 on the full test split" in tex
     empty = latex_table(summary_tables(acc, b.iloc[0:0], qat_bits=4)["deployment"], label="deployment")
     assert r"\midrule" + "\n" + r"\bottomrule" in empty  # nothing benchmarked: the header alone

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .aggregate import latex_escape, mean_std_text
+from .aggregate import latex_escape
+from .stats import mean_ci_text
 from .io import read_json
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
 
@@ -37,14 +38,14 @@ def ablation_frame(arm_files: list[str], fp32_files: list[str], arms: list[str],
 
 def _grid(frame: pd.DataFrame, arms: list[str], models: list[str]) -> tuple[list[tuple], list[list[str]]]:
     """Columns (w_bits, a_bits, model), widest bits first, and the cell texts of the FP32 row and
-    of each arm: top-1 mean (± std over seeds)."""
+    of each arm: top-1 mean ± 95% t-interval half-width over its runs (n)."""
     bits = sorted({(int(w), int(a)) for w, a in zip(frame.w_bits, frame.a_bits)}, reverse=True)
     columns = [(w, a, model) for w, a in bits for model in models]
-    fp32 = ["FP32"] + [mean_std_text(frame[frame.model == model].drop_duplicates(["model", "seed"]).fp32_top1, ".2f")
+    fp32 = ["FP32"] + [mean_ci_text(frame[frame.model == model].drop_duplicates(["model", "seed"]).fp32_top1, ".2f")
                        for _, _, model in columns]
     rows = [fp32]
     for arm in arms:
-        cells = [mean_std_text(frame[(frame.arm == arm) & (frame.w_bits == w) & (frame.a_bits == a)
+        cells = [mean_ci_text(frame[(frame.arm == arm) & (frame.w_bits == w) & (frame.a_bits == a)
                                  & (frame.model == model)].top1, ".2f") for w, a, model in columns]
         rows.append([arm] + cells)
     return columns, rows
@@ -55,7 +56,8 @@ def ablation_markdown(frame: pd.DataFrame, arms: list[str], models: list[str]) -
     lines = ["| Arm | " + " | ".join(f"W{w}A{a} {model}" for w, a, model in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", "Top-1 (%) on the test split; mean ± std over seeds where there are several. Each arm is a QAT "
+    lines += ["", "Top-1 (%) on the test split; mean ± 95% t-interval half-width over runs (n: FP32 seeds × QAT seeds) "
+                  "where there are several. Each arm is a QAT "
                   "run from the same FP32 model with the overrides given in the config's `ablation.arms`."]
     return "\n".join(lines) + "\n"
 

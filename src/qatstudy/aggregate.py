@@ -11,6 +11,7 @@ import pandas as pd
 
 from .io import atomic_path, read_json
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
+from .stats import mean_ci_text, per_fp32_seed
 
 ACCURACY_COLUMNS = ["model", "family", "arch", "method", "w_bits", "a_bits", "seed", "qat_seed", "top1", "val_top1",
                     "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", "quant", "objective",
@@ -117,14 +118,6 @@ def write_csv(frame: pd.DataFrame, dest: str | Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def mean_std_text(values: pd.Series, fmt: str) -> str:
-    if values.empty or values.isna().all():
-        return "–"
-    if len(values) > 1:
-        return f"{values.mean():{fmt}} ± {values.std(ddof=1):{fmt}}"
-    return f"{values.mean():{fmt}}"
-
-
 def _number(value: float, fmt: str) -> str:
     return "–" if pd.isna(value) else f"{value:{fmt}}"
 
@@ -154,7 +147,8 @@ def model_summary_table(accuracy: pd.DataFrame, qat_bits: int) -> Table:
                  f"{tag} QAT ONNX top-1 (%)", "FP32 size (MB)", f"W{qat_bits} packed size (MB)",
                  f"{tag} ONNX file (MB)", "Size reduction (%)"],
         align="llrrrrrrrr",
-        note="Top-1 on the full test split; mean ± std over seeds where there are several. Packed size: "
+        note="Top-1 on the full test split; mean ± 95% t-interval half-width over FP32 seeds (n), each FP32 seed's "
+             "QAT seeds averaged first. Packed size: "
              "weights at the quantized bit-width plus FP32 scales, biases and norms; the ONNX file stores "
              "weights as int8 containers. Size reduction: packed size against FP32 size.")
     for (family, model), group in accuracy.groupby(["family", "model"], sort=True):
@@ -163,9 +157,10 @@ def model_summary_table(accuracy: pd.DataFrame, qat_bits: int) -> Table:
         fp32_mb = fp32.fp32_bytes.mean() / 1e6 if not fp32.empty else float("nan")
         packed_mb = q.packed_bytes.mean() / 1e6 if not q.empty else float("nan")
         reduction = 100.0 * (1 - packed_mb / fp32_mb)  # NaN where either size is missing
-        table.rows.append([model, family, f"{int(group.params.iloc[0]):,}", mean_std_text(fp32.top1, ".2f"),
-                           mean_std_text(q.top1, ".2f"), mean_std_text(q.onnx_top1.dropna(), ".2f"), _number(fp32_mb, ".3f"),
-                           _number(packed_mb, ".3f"), mean_std_text(q.onnx_bytes.dropna() / 1e6, ".3f"),
+        table.rows.append([model, family, f"{int(group.params.iloc[0]):,}", mean_ci_text(fp32.top1, ".2f"),
+                           mean_ci_text(per_fp32_seed(q, "top1"), ".2f"),
+                           mean_ci_text(per_fp32_seed(q, "onnx_top1"), ".2f"), _number(fp32_mb, ".3f"),
+                           _number(packed_mb, ".3f"), mean_ci_text(per_fp32_seed(q, "onnx_bytes") / 1e6, ".3f"),
                            _number(reduction, ".1f")])
     return table
 
@@ -176,7 +171,8 @@ def top1_by_bits_table(accuracy: pd.DataFrame) -> Table:
     table = Table(title="Test top-1 (%) by weight/activation bits, PTQ and QAT",
                   columns=["Model", "Family", "Method"] + [bits_tag(w, a) for w, a in pairs],
                   align="lll" + "r" * len(pairs),
-                  note="Full test split, PyTorch; mean ± std over seeds where there are several. The FP32 "
+                  note="Full test split, PyTorch; mean ± 95% t-interval half-width over FP32 seeds (n), each FP32 "
+                       "seed's QAT seeds averaged first. The FP32 "
                        "column is the model both methods start from.")
     for column, what in (("quant", "Quant options"), ("objective", "QAT objective options")):
         differences = option_differences_text(accuracy, column)
@@ -186,7 +182,8 @@ def top1_by_bits_table(accuracy: pd.DataFrame) -> Table:
     quantized = accuracy[accuracy.method != "fp32"]
     for (family, model, method), group in quantized.groupby(["family", "model", "method"], sort=True):
         reference = fp32[fp32.model == model]
-        cells = [mean_std_text((reference if w >= 32 else group[(group.w_bits == w) & (group.a_bits == a)]).top1, ".2f")
+        cells = [mean_ci_text(per_fp32_seed(reference if w >= 32 else
+                                            group[(group.w_bits == w) & (group.a_bits == a)], "top1"), ".2f")
                  for w, a in pairs]
         table.rows.append([model, family, method.upper()] + cells)
     return table
@@ -198,7 +195,7 @@ def deployment_table(bench: pd.DataFrame) -> Table:
                   columns=["Model", "Variant", "Backend", "Precision", "Batch", "Latency p50 (ms)", "Latency p99 (ms)",
                            "Throughput (img/s)", "Model file (MB)", "Peak memory (MB)"],
                   align="llllrrrrrr",
-                  note="Mean ± std over seeds where there are several. Precision: what the backend computes in "
+                  note="Mean ± 95% t-interval half-width over seeds (n) where there are several. Precision: what the backend computes in "
                        "(TensorRT: the engine's). Peak memory: resident memory above the process's memory before "
                        "the model was loaded (TensorRT: the engine and its execution context on the device).")
     keys = ["family", "model", "method", "w_bits", "a_bits", "backend", "precision", "batch"]
@@ -206,9 +203,9 @@ def deployment_table(bench: pd.DataFrame) -> Table:
                                                                 "precision", "batch"])
     for (_, model, method, w, a, backend, precision, batch), group in ordered.groupby(keys, sort=False):
         variant = bits_tag(w, a) if method == "fp32" else f"{method.upper()} {bits_tag(w, a)}"
-        table.rows.append([model, variant, backend, precision, str(batch), mean_std_text(group.latency_ms_p50, ".3f"),
-                           mean_std_text(group.latency_ms_p99, ".3f"), mean_std_text(group.throughput_ips, ".0f"),
-                           mean_std_text(group.model_bytes / 1e6, ".3f"), mean_std_text(group.peak_mem_bytes / 1e6, ".1f")])
+        table.rows.append([model, variant, backend, precision, str(batch), mean_ci_text(group.latency_ms_p50, ".3f"),
+                           mean_ci_text(group.latency_ms_p99, ".3f"), mean_ci_text(group.throughput_ips, ".0f"),
+                           mean_ci_text(group.model_bytes / 1e6, ".3f"), mean_ci_text(group.peak_mem_bytes / 1e6, ".1f")])
     return table
 
 
