@@ -41,6 +41,8 @@ rule aggregate:
         bench=table_report(f"{TABLES_DIR}/bench.csv", "bench"),
         summary=table_report(f"{TABLES_DIR}/summary.md", "summary"),
         oscillation=table_report(f"{TABLES_DIR}/oscillation.csv", "oscillation"),
+        findings=table_report(f"{TABLES_DIR}/findings.csv", "findings"),
+        findings_md=f"{TABLES_DIR}/findings.md",
         latex=[table_report(f"{TABLES_DIR}/{name}.tex", "summary") for name in LATEX_TABLES],
     params:
         summary_bits=config["figures"]["summary_bits"],

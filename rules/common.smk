@@ -32,6 +32,7 @@ QAT_SEEDS = qat_seeds(config)  # per bit-width tag
 PTQ_SEEDS = ptq_seeds(config)
 RUN = f"{STUDY_RUNS}/{{model}}/seed{{seed}}"  # one FP32 model and everything made from it
 TABLES = [f"{TABLES_DIR}/{name}" for name in ("accuracy.csv", "bench.csv", "summary.md", "oscillation.csv",
+                                               "findings.csv", "findings.md",
                                                "models.tex", "top1_by_bits.tex", "deployment.tex")]
 FIGURE_NAMES = ["accuracy_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch"]
 FIGURE_EXTENSIONS = ["png", "svg", "html", "caption.md"]

@@ -102,6 +102,9 @@ def test_tiny_study_tables(tiny_study):
     summary = (tiny_study / "results/tiny/tables/summary.md").read_text()
     for model in config["models"]:
         assert f"| {model} |" in summary
+    findings = pd.read_csv(tiny_study / "results/tiny/tables/findings.csv")
+    assert set(findings.claim) == {"qat_drop_from_fp32", "qat_minus_ptq", "vit_minus_cnn_qat_drop"}
+    assert (findings.n >= 1).all() and (tiny_study / "results/tiny/tables/findings.md").is_file()
 
     # every result carries its provenance; the tables carry its config hash (one per stage) and commit per row
     for table in (accuracy, bench):

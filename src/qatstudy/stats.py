@@ -49,3 +49,19 @@ def mean_ci_text(values: pd.Series, fmt: str) -> str:
 def per_fp32_seed(runs: pd.DataFrame, column: str) -> pd.Series:
     """`column` averaged over the QAT seeds of each FP32 seed: one independent value per FP32 model."""
     return runs.groupby("seed")[column].mean()
+
+
+def welch_ci(a: pd.Series, b: pd.Series) -> tuple[float, float, float, int]:
+    """Mean of `a` minus mean of `b` (independent samples) and its 95% Welch t-interval: (effect, low, high, n),
+    n = both sample sizes together; degrees of freedom by Welch-Satterthwaite, rounded down."""
+    a, b = pd.Series(a, dtype=float).dropna(), pd.Series(b, dtype=float).dropna()
+    effect = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return effect, math.nan, math.nan, len(a) + len(b)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return effect, effect, effect, len(a) + len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = t_critical(max(1, int(df))) * se
+    return effect, effect - half, effect + half, len(a) + len(b)
