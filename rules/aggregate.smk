@@ -41,8 +41,6 @@ rule aggregate:
         bench=table_report(f"{TABLES_DIR}/bench.csv", "bench"),
         summary=table_report(f"{TABLES_DIR}/summary.md", "summary"),
         oscillation=table_report(f"{TABLES_DIR}/oscillation.csv", "oscillation"),
-        findings=table_report(f"{TABLES_DIR}/findings.csv", "findings"),
-        findings_md=f"{TABLES_DIR}/findings.md",
         latex=[table_report(f"{TABLES_DIR}/{name}.tex", "summary") for name in LATEX_TABLES],
     params:
         summary_bits=config["figures"]["summary_bits"],
@@ -51,6 +49,21 @@ rule aggregate:
         f"{LOGS}/aggregate.log",
     script:
         "../workflow_scripts/aggregate.py"
+
+
+# Every claim as a row with its 95% interval, from the accuracy, oscillation and variation tables.
+rule findings:
+    input:
+        accuracy=f"{TABLES_DIR}/accuracy.csv",
+        oscillation=f"{TABLES_DIR}/oscillation.csv",
+        variation=f"{TABLES_DIR}/variation.csv",
+    output:
+        csv=table_report(f"{TABLES_DIR}/findings.csv", "findings"),
+        markdown=f"{TABLES_DIR}/findings.md",
+    log:
+        f"{LOGS}/findings.log",
+    script:
+        "../workflow_scripts/findings.py"
 
 
 rule render_figures:

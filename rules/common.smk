@@ -34,7 +34,7 @@ RUN = f"{STUDY_RUNS}/{{model}}/seed{{seed}}"  # one FP32 model and everything ma
 TABLES = [f"{TABLES_DIR}/{name}" for name in ("accuracy.csv", "bench.csv", "summary.md", "oscillation.csv",
                                                "findings.csv", "findings.md",
                                                "models.tex", "top1_by_bits.tex", "deployment.tex")]
-FIGURE_NAMES = ["accuracy_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch"]
+FIGURE_NAMES = ["accuracy_by_bits", "drop_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch"]
 FIGURE_EXTENSIONS = ["png", "svg", "html", "caption.md"]
 SENSITIVITY_FIGURES = expand(f"{FIGURES_DIR}/sensitivity.{{ext}}", ext=FIGURE_EXTENSIONS)
 FIGURES = expand(f"{FIGURES_DIR}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=FIGURE_EXTENSIONS) + SENSITIVITY_FIGURES

@@ -52,9 +52,10 @@ def _data(spec: dict) -> pd.DataFrame:
 
 
 def _seed_stats(frame: pd.DataFrame, mask: pd.Series, column: str) -> tuple[float, float]:
+    """Mean over the fixtures' two FP32 seeds and the half-width of its 95% t-interval, t(1) s / sqrt(2)."""
     values = frame.loc[mask, column]
     assert len(values) == 2  # the fixtures hold two seeds
-    return values.mean(), values.std(ddof=1)
+    return values.mean(), 12.706 * values.std(ddof=1) / np.sqrt(2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,11 +79,12 @@ def test_pareto_front_hand_made():
         assert np.any((cost[front] <= cost[i]) & (value[front] >= value[i]))
 
 
-def test_mean_std_two_seeds_and_one():
-    frame = pd.DataFrame({"model": ["a", "a", "b"], "top1": [90.0, 92.0, 80.0]})
-    out = charts.mean_std(frame, ["model"], ["top1"]).set_index("model")
-    assert out.loc["a", "top1"] == 91.0 and out.loc["a", "top1_std"] == pytest.approx(np.sqrt(2))
-    assert out.loc["b", "top1_std"] == 0.0 and out.seeds.tolist() == [2, 1]
+def test_mean_interval_averages_qat_seeds_within_their_fp32_seed_first():
+    frame = pd.DataFrame({"model": ["a", "a", "a", "b"], "seed": [0, 0, 1, 0], "top1": [89.0, 91.0, 92.0, 80.0]})
+    out = charts.mean_interval(frame, ["model"], ["top1"]).set_index("model")
+    # a: FP32 seeds 90 (two QAT seeds) and 92, so mean 91 and half-width t(1) * sqrt(2) / sqrt(2)
+    assert out.loc["a", "top1"] == 91.0 and out.loc["a", "top1_ci"] == pytest.approx(12.706)
+    assert out.loc["b", "top1_ci"] == 0.0 and out.seeds.tolist() == [2, 1]
 
 
 def test_model_palette_keeps_family_hues(tables):
@@ -141,8 +143,8 @@ def test_accuracy_by_bits_spec(tables):
     n_models, n_bits = acc.model.nunique(), acc[acc.method == "qat"].w_bits.nunique()
     assert len(data) == 2 * n_models * (1 + n_bits)  # FP32 opens both panels
     row = data[(data.method == "PTQ") & (data.bits == "4-bit") & (data.model == "resnet")].iloc[0]
-    mean, std = _seed_stats(acc, (acc.model == "resnet") & (acc.method == "ptq") & (acc.w_bits == 4), "top1")
-    assert row.top1 == pytest.approx(mean) and row.top1_std == pytest.approx(std)
+    mean, half = _seed_stats(acc, (acc.model == "resnet") & (acc.method == "ptq") & (acc.w_bits == 4), "top1")
+    assert row.top1 == pytest.approx(mean) and row.top1_ci == pytest.approx(half)
     fp32 = data[(data.bits == "FP32") & (data.model == "vit")]
     assert set(fp32.method) == {"PTQ", "QAT"} and fp32.top1.nunique() == 1
 
@@ -154,9 +156,10 @@ def test_accuracy_vs_latency_spec(tables):
     bubbles = _main_encoding(spec, "size")
     assert bubbles["x"]["field"] == "latency_ms_p50" and bubbles["x"]["scale"]["type"] == "log"
     assert bubbles["y"]["field"] == "deployed_top1"
-    assert bubbles["size"]["field"] == "peak_mem_mb" and bubbles["color"]["field"] == "family_name"
+    assert bubbles["size"]["field"] == "peak_mem_mb" and bubbles["color"]["field"] == "label"
     assert bubbles["shape"]["field"] == "bits"
-    assert bubbles["color"]["scale"]["range"] == list(charts.FAMILY_COLORS.values())
+    assert bubbles["color"]["scale"]["range"] == charts.model_palette(acc).range  # each model its own shade
+    assert not [layer for layer in spec["spec"]["layer"] if layer["mark"]["type"] == "text"]  # nothing to overlap
     lines = [layer for layer in spec["spec"]["layer"] if layer["mark"]["type"] == "line"]
     assert len(lines) == 1 and lines[0]["transform"] == [{"filter": "datum.pareto"}]
     data = _data(spec)
@@ -268,7 +271,23 @@ def test_onnx_vs_pytorch_spec(tables):
     runs = (exported.model == "mobilenet") & (exported.w_bits == 2)
     delta = exported.onnx_top1 - exported.top1
     assert row.export_delta == pytest.approx(delta[runs].mean())
-    assert row.export_delta_std == pytest.approx(delta[runs].std(ddof=1))
+    assert row.export_delta_ci == pytest.approx(12.706 * delta[runs].std(ddof=1) / np.sqrt(2))
+
+
+def test_drop_by_bits_spec(tables):
+    acc = tables["accuracy"]
+    spec = charts.figure("drop_by_bits", tables, BATCH).to_dict()
+    assert spec["facet"]["column"]["field"] == "method" and spec["resolve"]["scale"]["y"] == "independent"
+    bars = _main_encoding(spec, "color")
+    assert bars["y"]["field"] == "top1_drop" and bars["xOffset"]["field"] == "label"
+    data = _data(spec)
+    assert set(data.method) == {"QAT", "PTQ"} and "FP32" not in set(data.bits)
+    row = data[(data.method == "QAT") & (data.bits == "2-bit") & (data.model == "vit")].iloc[0]
+    fp32 = acc[(acc.model == "vit") & (acc.method == "fp32")].set_index("seed").top1
+    qat = acc[(acc.model == "vit") & (acc.method == "qat") & (acc.w_bits == 2)].groupby("seed").top1.mean()
+    drops = fp32 - qat  # each FP32 seed's drop from its own FP32 model
+    assert row.top1_drop == pytest.approx(drops.mean())
+    assert row.top1_drop_ci == pytest.approx(12.706 * drops.std(ddof=1) / np.sqrt(2))
 
 
 # ---------------------------------------------------------------------------------------------

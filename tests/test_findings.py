@@ -45,3 +45,45 @@ def test_an_interval_holding_zero_is_not_shown():
         accuracy.loc[(accuracy.model == "r") & (accuracy.method == "qat"), "top1"].to_numpy() - 4 + [0, 0, 3, -3, 1, -1])
     gap = findings_table(accuracy).set_index(["claim", "subject"]).loc[("vit_minus_cnn_qat_drop", "vit - cnn")]
     assert gap.ci_low < 0 < gap.ci_high and not gap.shown
+
+
+def _oscillation() -> pd.DataFrame:
+    """Two epochs per run; only the last counts. CNN runs oscillate 1% (2% integer flips), ViT runs 3% (4%) ± 0.5."""
+    rows = []
+    for model, family, share in (("r", "cnn", 0.01), ("v", "vit", 0.03)):
+        for seed, jitter in enumerate((-0.005, 0.0, 0.005)):
+            for q in (0, 1):
+                for epoch, scale in ((1, 10.0), (2, 1.0)):
+                    rows.append(dict(model=model, family=family, w_bits=4, a_bits=4, seed=seed, qat_seed=q, epoch=epoch,
+                                     layer="(all)", oscillating_share=scale * (share + jitter),
+                                     integer_flip_share=scale * (share + 0.01 + jitter), frozen_share=0.0))
+                rows.append({**rows[-1], "layer": "conv1", "oscillating_share": 0.9})  # a layer row, not the model
+    return pd.DataFrame(rows)
+
+
+def test_oscillation_gap_is_last_epoch_whole_model_share_in_percent():
+    table = findings_table(_accuracy(), oscillation=_oscillation()).set_index("claim")
+    for claim in ("vit_minus_cnn_oscillation", "vit_minus_cnn_integer_flips"):
+        row = table.loc[claim]
+        assert row.effect == pytest.approx(2.0) and row.n == 6 and row.unit == "% of weights"
+        # equal spread in both families: half-width t(4) * sqrt(2 * 0.25 / 3)
+        assert row.ci_high - row.effect == pytest.approx(t_critical(4) * (2 * 0.25 / 3) ** 0.5)
+        assert row.shown
+
+
+def test_variation_gap_per_kind_and_statistic_leaves_attention_internals_out():
+    rows = []
+    for model, family, kurtosis in (("r", "cnn", 3.0), ("m", "cnn", 4.0), ("v", "vit", 9.0), ("s", "vit", 10.0)):
+        for seed in (0, 1):
+            for kind in ("weight", "activation"):
+                rows.append(dict(model=model, family=family, seed=seed, layer="fc", group="head", kind=kind,
+                                 kurtosis=kurtosis + seed, channel_cv=0.1, outlier_ratio=0.01))
+            rows.append(dict(model=model, family=family, seed=seed, layer="attn.q", group="attention_map",
+                             kind="activation", kurtosis=1000.0, channel_cv=5.0, outlier_ratio=0.5))
+    table = findings_table(_accuracy(), variation=pd.DataFrame(rows)).set_index("claim")
+    for kind in ("weight", "activation"):
+        row = table.loc[f"vit_minus_cnn_{kind}_kurtosis"]
+        assert (row.effect, row.n, row.w_bits, row.unit) == (6.0, 8, 32, "kurtosis") and row.shown
+        assert table.loc[f"vit_minus_cnn_{kind}_channel_cv"].effect == pytest.approx(0.0)
+    assert "| vit_minus_cnn_weight_kurtosis | vit - cnn | FP32 | +6 |" in findings_markdown(
+        findings_table(_accuracy(), variation=pd.DataFrame(rows)))

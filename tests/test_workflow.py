@@ -103,7 +103,8 @@ def test_tiny_study_tables(tiny_study):
     for model in config["models"]:
         assert f"| {model} |" in summary
     findings = pd.read_csv(tiny_study / "results/tiny/tables/findings.csv")
-    assert set(findings.claim) == {"qat_drop_from_fp32", "qat_minus_ptq", "vit_minus_cnn_qat_drop"}
+    assert {"qat_drop_from_fp32", "qat_minus_ptq", "vit_minus_cnn_qat_drop", "vit_minus_cnn_oscillation",
+            "vit_minus_cnn_weight_kurtosis"} <= set(findings.claim)
     assert (findings.n >= 1).all() and (tiny_study / "results/tiny/tables/findings.md").is_file()
 
     # every result carries its provenance; the tables carry its config hash (one per stage) and commit per row

@@ -2,7 +2,6 @@ from pathlib import Path
 
 from qatstudy.aggregate import (accuracy_table, bench_table, latex_table, oscillation_table, summary_markdown,
                                 summary_tables, write_csv, write_text)
-from qatstudy.findings import findings_markdown, findings_table
 from qatstudy.provenance import check_one_config
 from qatstudy.workflow import run
 
@@ -15,9 +14,6 @@ def main(snakemake, log):
     write_csv(accuracy, snakemake.output.accuracy)
     write_csv(bench, snakemake.output.bench)
     write_csv(oscillation_table(snakemake.input.metrics), snakemake.output.oscillation)
-    findings = findings_table(accuracy)
-    write_csv(findings, snakemake.output.findings)
-    write_text(findings_markdown(findings), snakemake.output.findings_md)
     summary_bits = snakemake.params.summary_bits
     write_text(summary_markdown(accuracy, bench, summary_bits), snakemake.output.summary)
     tables = summary_tables(accuracy, bench, summary_bits)

@@ -14,7 +14,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from .findings import seed_drops
 from .io import atomic_path
+from .stats import mean_ci
 
 FAMILY_NAMES = {"cnn": "CNN", "vit": "ViT"}
 FAMILY_COLORS = {"cnn": "#1f77b4", "vit": "#d62728"}
@@ -81,13 +83,16 @@ def family_palette() -> alt.Scale:
     return alt.Scale(domain=[family_name(f) for f in FAMILY_COLORS], range=list(FAMILY_COLORS.values()))
 
 
-def mean_std(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
-    """Per group of `keys`: `<value>` the mean over seeds, `<value>_std` the sample std (0 for one seed), and
-    `seeds`, how many rows were averaged."""
+def mean_interval(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    """Per group of `keys`: `<value>` the mean over FP32 seeds, `<value>_ci` the half-width of its 95% t-interval
+    (0 for one seed), and `seeds`, how many FP32 seeds. Rows of one FP32 seed (its QAT seeds) are averaged first:
+    they share that FP32 model, so only FP32 seeds are independent."""
+    if "seed" in frame and "seed" not in keys:
+        frame = frame.groupby(keys + ["seed"], sort=False, dropna=False)[values].mean().reset_index()
     grouped = frame.groupby(keys, sort=False, dropna=False)
     out = grouped[values].mean()
-    std = grouped[values].std(ddof=1).fillna(0.0).add_suffix("_std")
-    return out.join(std).join(grouped.size().rename("seeds")).reset_index()
+    half = grouped[values].agg(lambda column: mean_ci(column)[1]).fillna(0.0).add_suffix("_ci")
+    return out.join(half).join(grouped.size().rename("seeds")).reset_index()
 
 
 def pareto_front(cost: np.ndarray | pd.Series, value: np.ndarray | pd.Series) -> np.ndarray:
@@ -100,8 +105,8 @@ def pareto_front(cost: np.ndarray | pd.Series, value: np.ndarray | pd.Series) ->
 
 def _grouped_bars(data: pd.DataFrame, field: str, y_title: str, palette: alt.Scale, tooltip: list,
                   y_scale: alt.Scale = alt.Undefined) -> list[alt.Chart]:
-    """Layers of bars per bit-width, one per model side by side (CNNs then ViTs), the mean over seeds, with
-    ± std whiskers (zero length for one seed); the caller layers them over `data`."""
+    """Layers of bars per bit-width, one per model side by side (CNNs then ViTs), the mean over FP32 seeds, with
+    95% interval whiskers (zero length for one seed); the caller layers them over `data`."""
     base = alt.Chart().encode(
         x=alt.X("bits:N", sort=bits_order(data), title="Bit-width (weights and activations)",
                 axis=alt.Axis(labelAngle=0)),
@@ -111,7 +116,7 @@ def _grouped_bars(data: pd.DataFrame, field: str, y_title: str, palette: alt.Sca
         y=alt.Y(f"{field}:Q", title=y_title, scale=y_scale),
         color=alt.Color("label:N", sort=palette.domain, title="Model (family)", scale=palette), tooltip=tooltip)
     whiskers = base.mark_errorbar(ticks=True, color="black").transform_calculate(
-        low=f"datum.{field} - datum.{field}_std", high=f"datum.{field} + datum.{field}_std",
+        low=f"datum.{field} - datum.{field}_ci", high=f"datum.{field} + datum.{field}_ci",
     ).encode(y=alt.Y("low:Q", title=y_title), y2="high:Q")
     return [bars, whiskers]
 
@@ -122,15 +127,34 @@ def accuracy_by_bits(accuracy: pd.DataFrame, palette: alt.Scale | None = None) -
     fp32 = accuracy[accuracy.method == "fp32"]
     panels = [pd.concat([fp32.assign(method=m), accuracy[accuracy.method == m]]) for m in ("ptq", "qat")]
     runs = labelled(pd.concat(panels, ignore_index=True).assign(method=lambda f: f.method.str.upper()))
-    data = mean_std(runs, ["method", "family", "model", "label", "w_bits", "a_bits", "bits"], ["top1"])
+    data = mean_interval(runs, ["method", "family", "model", "label", "w_bits", "a_bits", "bits"], ["top1"])
     layers = _grouped_bars(
         data, "top1", "Test top-1 (%)", palette,
         ["label:N", "method:N", "bits:N", alt.Tooltip("top1:Q", format=".2f", title="top-1 mean"),
-         alt.Tooltip("top1_std:Q", format=".2f", title="top-1 std"), "seeds:Q"], alt.Scale(domain=[0, 100]))
+         alt.Tooltip("top1_ci:Q", format=".2f", title="95% CI ±"), "seeds:Q"], alt.Scale(domain=[0, 100]))
     return (alt.layer(*layers, data=data).properties(width=380, height=280)
             .facet(column=alt.Column("method:N", title=None, sort=["PTQ", "QAT"],
                                      header=alt.Header(labelFontSize=13, labelFontWeight="bold")))
             .properties(title="Test top-1 by bit-width: CNNs and ViTs, post-training quantization vs QAT"))
+
+
+def drop_by_bits(accuracy: pd.DataFrame, palette: alt.Scale | None = None) -> alt.FacetChart:
+    """Top-1 drop from each FP32 seed's own FP32 model per bit-width (QAT seeds averaged within the FP32 seed),
+    QAT and PTQ panels on their own scales, so that sub-point differences between models stay visible."""
+    palette = model_palette(accuracy) if palette is None else palette
+    drops = pd.concat([seed_drops(accuracy, m).assign(method=m.upper()) for m in ("qat", "ptq")], ignore_index=True)
+    data = mean_interval(labelled(drops), ["method", "family", "model", "label", "w_bits", "a_bits", "bits"],
+                         ["top1_drop"])
+    layers = _grouped_bars(
+        data, "top1_drop", "Top-1 drop from own FP32 model (points)", palette,
+        ["label:N", "method:N", "bits:N", alt.Tooltip("top1_drop:Q", format=".2f", title="drop mean"),
+         alt.Tooltip("top1_drop_ci:Q", format=".2f", title="95% CI ±"), "seeds:Q"])
+    zero = alt.Chart().mark_rule(color="black").encode(y=alt.datum(0))
+    return (alt.layer(*layers, zero, data=data).properties(width=380, height=280)
+            .facet(column=alt.Column("method:N", title=None, sort=["QAT", "PTQ"],
+                                     header=alt.Header(labelFontSize=13, labelFontWeight="bold")))
+            .resolve_scale(y="independent")
+            .properties(title="Top-1 drop from each model's own FP32 model, mean over FP32 seeds with 95% intervals"))
 
 
 def deployed_points(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int) -> pd.DataFrame:
@@ -142,19 +166,21 @@ def deployed_points(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int) -> 
     runs = bench[bench.batch == batch].merge(accuracy[RUN_KEYS + ["top1", "onnx_top1"]], on=RUN_KEYS, how="inner")
     runs = labelled(runs.assign(deployed_top1=runs.onnx_top1.fillna(runs.top1), model_mb=runs.model_bytes / 1e6,
                                 peak_mem_mb=runs.peak_mem_bytes.clip(lower=0) / 1e6))
-    points = mean_std(runs, ["backend", "precision", "family", "family_name", "model", "label", "method", "w_bits",
+    points = mean_interval(runs, ["backend", "precision", "family", "family_name", "model", "label", "method", "w_bits",
                              "a_bits", "bits"],
                       ["deployed_top1", "latency_ms_p50", "throughput_ips", "model_mb", "peak_mem_mb"])
     points["pareto"] = False
     for _, group in points.groupby("backend"):
         points.loc[group.index, "pareto"] = pareto_front(group.latency_ms_p50, group.deployed_top1)
-    points["point_label"] = points.model + " " + points.bits
     return points
 
 
-def accuracy_vs_latency(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int) -> alt.FacetChart:
-    """Bubble chart per backend: deployed top-1 against latency, bubble area = peak memory, colour = family,
-    shape = bit-width, and the Pareto frontier (no variant both faster and more accurate) as a line."""
+def accuracy_vs_latency(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int,
+                        palette: alt.Scale | None = None) -> alt.FacetChart:
+    """Bubble chart per backend: deployed top-1 against latency, bubble area = peak memory, colour = model (in its
+    family's hue), shape = bit-width, and the Pareto frontier (no variant both faster and more accurate) as a line.
+    No text labels: variants of one model sit close together, and colour and shape already name each bubble."""
+    palette = model_palette(accuracy) if palette is None else palette
     data = deployed_points(accuracy, bench, batch)
     base = alt.Chart().encode(
         x=alt.X("latency_ms_p50:Q", title=f"Latency p50 per batch of {batch} (ms, log scale)",
@@ -163,21 +189,19 @@ def accuracy_vs_latency(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int)
     )
     frontier = base.transform_filter("datum.pareto").mark_line(color="#444444", strokeDash=[5, 3]).encode(
         order="latency_ms_p50:Q")
-    bubbles = base.mark_point(filled=True, opacity=0.75, stroke="black", strokeWidth=0.5).encode(
+    bubbles = base.mark_point(filled=True, opacity=0.8, stroke="black", strokeWidth=0.5).encode(
         size=alt.Size("peak_mem_mb:Q", title="Peak memory (MB)", scale=alt.Scale(zero=True, range=[0, 1200])),
-        color=alt.Color("family_name:N", title="Family", scale=family_palette()),
+        color=alt.Color("label:N", sort=palette.domain, title="Model (family)", scale=palette),
         shape=alt.Shape("bits:N", title="Bit-width", sort=bits_order(data)),
         tooltip=["model:N", "bits:N", "backend:N", alt.Tooltip("deployed_top1:Q", format=".2f"),
                  alt.Tooltip("latency_ms_p50:Q", format=".3f"), alt.Tooltip("throughput_ips:Q", format=".0f"),
                  alt.Tooltip("peak_mem_mb:Q", format=".1f"), alt.Tooltip("model_mb:Q", format=".3f"),
                  "pareto:N", "seeds:Q"],
     )
-    labels = base.transform_filter("datum.pareto").encode(text="point_label:N")
-    text = dict(align="left", dx=9, dy=-9, fontSize=10)
-    halo = labels.mark_text(stroke="white", strokeWidth=3, strokeOpacity=0.85, **text)  # legible over the line
-    return (alt.layer(frontier, bubbles, halo, labels.mark_text(**text), data=data).properties(width=520, height=360)
+    return (alt.layer(frontier, bubbles, data=data).properties(width=520, height=360)
             .facet(column=alt.Column("backend:N", title=None))
-            .properties(title="Deployed accuracy against latency; dashed: Pareto frontier (labelled)"))
+            .resolve_scale(x="independent")  # backends' latencies differ by orders of magnitude
+            .properties(title="Deployed accuracy against latency; dashed: Pareto frontier"))
 
 
 def size_reduction(accuracy: pd.DataFrame, palette: alt.Scale | None = None) -> alt.FacetChart:
@@ -187,14 +211,14 @@ def size_reduction(accuracy: pd.DataFrame, palette: alt.Scale | None = None) -> 
     quantized = labelled(accuracy[accuracy.method == "qat"])
     quantized["bits"] = [f"{w}-bit" for w in quantized.w_bits]  # sizes depend on the weight bits only
     storages = {"packed_bytes": "Packed b-bit weights", "onnx_bytes": "ONNX file (int8 containers)"}
-    long = quantized.melt(id_vars=["label", "w_bits", "bits", "fp32_bytes"], value_vars=list(storages),
+    long = quantized.melt(id_vars=["label", "w_bits", "bits", "seed", "fp32_bytes"], value_vars=list(storages),
                           var_name="storage", value_name="bytes").dropna(subset=["bytes"])
     long["reduction"] = long.fp32_bytes / long.bytes
     long["storage"] = long.storage.map(storages)
-    measured = mean_std(long, ["storage", "label", "w_bits", "bits"], ["reduction"])
+    measured = mean_interval(long, ["storage", "label", "w_bits", "bits"], ["reduction"])
     ideal = measured[["storage", "w_bits", "bits"]].drop_duplicates().assign(label="Ideal 32/b", seeds=0)
     ideal["reduction"] = 32.0 / ideal.w_bits
-    data = pd.concat([measured.assign(line="measured"), ideal.assign(line="ideal", reduction_std=0.0)],
+    data = pd.concat([measured.assign(line="measured"), ideal.assign(line="ideal", reduction_ci=0.0)],
                      ignore_index=True)
     colors = alt.Scale(domain=palette.domain + ["Ideal 32/b"], range=palette.range + ["black"])
     lines = alt.Chart().mark_line(point=True).encode(
@@ -224,7 +248,7 @@ def oscillation_by_epoch(oscillation: pd.DataFrame, palette: alt.Scale | None = 
                         value_vars=list(measures), var_name="measure", value_name="share")
     long["share_pct"] = 100.0 * long.share
     long["measure"] = long.measure.map(measures)
-    data = mean_std(long, ["measure", "label", "w_bits", "a_bits", "bits", "epoch"], ["share_pct"])
+    data = mean_interval(long, ["measure", "label", "w_bits", "a_bits", "bits", "epoch"], ["share_pct"])
     lines = alt.Chart().mark_line(point=True).encode(
         x=alt.X("epoch:O", title="QAT epoch", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("share_pct:Q", title="Weights oscillating (%)"),
@@ -232,7 +256,7 @@ def oscillation_by_epoch(oscillation: pd.DataFrame, palette: alt.Scale | None = 
         strokeDash=alt.StrokeDash("measure:N", title="Share", sort=list(measures.values()),
                                   legend=None if len(measures) == 1 else alt.Legend()),
         tooltip=["label:N", "bits:N", "epoch:O", "measure:N", alt.Tooltip("share_pct:Q", format=".3f"),
-                 alt.Tooltip("share_pct_std:Q", format=".3f"), "seeds:Q"],
+                 alt.Tooltip("share_pct_ci:Q", format=".3f", title="95% CI ±"), "seeds:Q"],
     )
     return (lines.properties(data=data, width=150, height=220)
             .facet(column=alt.Column("bits:N", title=None, sort=bits_order(data)))
@@ -263,7 +287,7 @@ def sensitivity_heatmap(sensitivity: pd.DataFrame) -> alt.FacetChart:
     group in data-flow order (each model's order, as the CSV lists its rows), with the whole-model row
     last; columns = model (CNNs then ViTs); a panel per bit-width."""
     runs = labelled(sensitivity)
-    data = mean_std(runs, ["family", "model", "label", "group", "w_bits", "a_bits", "bits"], ["drop"])
+    data = mean_interval(runs, ["family", "model", "label", "group", "w_bits", "a_bits", "bits"], ["drop"])
     data = data.sort_values(MODEL_KEYS)
     groups = merged_order([list(dict.fromkeys(g.group)) for _, g in sensitivity.groupby(["model", "w_bits"])])
     groups = [g for g in groups if g != WHOLE_MODEL_GROUP] + [g for g in groups if g == WHOLE_MODEL_GROUP]
@@ -280,7 +304,7 @@ def sensitivity_heatmap(sensitivity: pd.DataFrame) -> alt.FacetChart:
                         # symmetric: a small gain (negative drop) is as pale as an equal loss, not full blue
                         scale=alt.Scale(scheme="redblue", reverse=True, domain=[-high, high], clamp=True)),
         tooltip=["label:N", "group:N", "bits:N", alt.Tooltip("drop:Q", format=".2f"),
-                 alt.Tooltip("drop_std:Q", format=".2f"), "seeds:Q"],
+                 alt.Tooltip("drop_ci:Q", format=".2f", title="95% CI ±"), "seeds:Q"],
     )
     # dark cells get white numbers
     values = base.mark_text(fontSize=10).encode(
@@ -296,7 +320,7 @@ def onnx_vs_pytorch(accuracy: pd.DataFrame, palette: alt.Scale | None = None) ->
     palette = model_palette(accuracy) if palette is None else palette
     exported = labelled(accuracy[accuracy.onnx_top1.notna()])
     exported["export_delta"] = exported.onnx_top1 - exported.top1
-    data = mean_std(exported, ["family", "model", "label", "w_bits", "a_bits", "bits"],
+    data = mean_interval(exported, ["family", "model", "label", "w_bits", "a_bits", "bits"],
                     ["export_delta", "top1", "onnx_top1"])
     layers = _grouped_bars(
         data, "export_delta", "ONNX minus PyTorch top-1 (points)", palette,
@@ -311,6 +335,7 @@ def onnx_vs_pytorch(accuracy: pd.DataFrame, palette: alt.Scale | None = None) ->
 # every figure of the study, and the tidy tables (results/tables/<name>.csv) it is drawn from
 FIGURE_TABLES = {
     "accuracy_by_bits": ("accuracy",),
+    "drop_by_bits": ("accuracy",),
     "accuracy_vs_latency": ("accuracy", "bench"),
     "size_reduction": ("accuracy",),
     "oscillation": ("oscillation", "accuracy"),
@@ -325,7 +350,9 @@ def figure(name: str, tables: dict[str, pd.DataFrame], bubble_batch: int) -> alt
     palette = model_palette(tables["accuracy"]) if "accuracy" in tables else None
     builders = {
         "accuracy_by_bits": lambda: accuracy_by_bits(tables["accuracy"], palette),
-        "accuracy_vs_latency": lambda: accuracy_vs_latency(tables["accuracy"], tables["bench"], bubble_batch),
+        "drop_by_bits": lambda: drop_by_bits(tables["accuracy"], palette),
+        "accuracy_vs_latency": lambda: accuracy_vs_latency(tables["accuracy"], tables["bench"], bubble_batch,
+                                                           palette),
         "size_reduction": lambda: size_reduction(tables["accuracy"], palette),
         "oscillation": lambda: oscillation_by_epoch(tables["oscillation"], palette),
         "onnx_vs_pytorch": lambda: onnx_vs_pytorch(tables["accuracy"], palette),

@@ -1,5 +1,9 @@
 """The study's claims as rows: each an effect with its 95% interval and n, and whether the interval excludes zero
-("shown"); a difference whose interval holds zero is not shown, whatever its sign."""
+("shown"); a difference whose interval holds zero is not shown, whatever its sign.
+
+Every family comparison (ViT minus CNN) is a Welch interval over one value per model and FP32 seed of each family:
+QAT runs of one FP32 model are averaged first, since they share that model.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,31 @@ import pandas as pd
 from .stats import mean_ci, welch_ci
 
 FINDING_COLUMNS = ["claim", "subject", "w_bits", "a_bits", "effect", "ci_low", "ci_high", "n", "shown", "unit"]
+FP32_BITS = 32  # the bit pair of claims about the FP32 models themselves
+POINTS = "top-1 points"
+# variation statistics compared across families (qatstudy.analysis), over the Conv2d / Linear weights and inputs
+VARIATION_STATS = ("kurtosis", "channel_cv", "outlier_ratio")
 
 
-def _row(claim: str, subject: str, w: int, a: int, effect: float, low: float, high: float, n: int) -> dict:
+def _row(claim: str, subject: str, w: int, a: int, effect: float, low: float, high: float, n: int,
+         unit: str = POINTS) -> dict:
     shown = bool(not math.isnan(low) and (low > 0 or high < 0))
     return {"claim": claim, "subject": subject, "w_bits": w, "a_bits": a, "effect": effect, "ci_low": low,
-            "ci_high": high, "n": n, "shown": shown, "unit": "top-1 points"}
+            "ci_high": high, "n": n, "shown": shown, "unit": unit}
 
 
 def _paired(claim: str, subject: str, w: int, a: int, per_seed: pd.Series) -> dict:
     mean, half, n = mean_ci(per_seed)
     return _row(claim, subject, w, a, mean, mean - half, mean + half, n)
+
+
+def _family_gap(claim: str, w: int, a: int, values: pd.DataFrame, column: str, unit: str) -> list[dict]:
+    """ViT minus CNN mean of `column` (one row per model and FP32 seed), or nothing without both families."""
+    families = dict(list(values.groupby("family")))
+    if not {"vit", "cnn"} <= set(families):
+        return []
+    effect, low, high, n = welch_ci(families["vit"][column], families["cnn"][column])
+    return [_row(claim, "vit - cnn", w, a, effect, low, high, n, unit)]
 
 
 def seed_drops(accuracy: pd.DataFrame, method: str) -> pd.DataFrame:
@@ -33,9 +51,9 @@ def seed_drops(accuracy: pd.DataFrame, method: str) -> pd.DataFrame:
     return quantized
 
 
-def findings_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Per bit pair: each model's QAT and PTQ drop from its own FP32 model, QAT minus PTQ per model (paired on the
-    FP32 model), and the ViT-minus-CNN QAT drop gap (Welch, over every model and FP32 seed of each family)."""
+def accuracy_findings(accuracy: pd.DataFrame) -> list[dict]:
+    """Per bit pair: each model's QAT drop from its own FP32 model, QAT minus PTQ per model (paired on the FP32
+    model), and the ViT-minus-CNN QAT drop gap."""
     rows = []
     qat, ptq = seed_drops(accuracy, "qat"), seed_drops(accuracy, "ptq")
     for (w, a), at_bits in qat.groupby(["w_bits", "a_bits"], sort=False):
@@ -43,26 +61,68 @@ def findings_table(accuracy: pd.DataFrame) -> pd.DataFrame:
             rows.append(_paired("qat_drop_from_fp32", model, w, a, runs.set_index("seed")["top1_drop"]))
             ptq_runs = ptq[(ptq.model == model) & (ptq.w_bits == w) & (ptq.a_bits == a)].set_index("seed")
             if not ptq_runs.empty:
-                gain = (ptq_runs["top1_drop"] - runs.set_index("seed")["top1_drop"]).dropna()  # QAT top-1 minus PTQ top-1
+                gain = (ptq_runs["top1_drop"] - runs.set_index("seed")["top1_drop"]).dropna()  # QAT minus PTQ top-1
                 rows.append(_paired("qat_minus_ptq", model, w, a, gain))
-        families = dict(list(at_bits.groupby("family")))
-        if {"vit", "cnn"} <= set(families):
-            effect, low, high, n = welch_ci(families["vit"]["top1_drop"], families["cnn"]["top1_drop"])
-            rows.append(_row("vit_minus_cnn_qat_drop", "vit - cnn", w, a, effect, low, high, n))
+        rows += _family_gap("vit_minus_cnn_qat_drop", w, a, at_bits, "top1_drop", POINTS)
+    return rows
+
+
+def oscillation_findings(oscillation: pd.DataFrame) -> list[dict]:
+    """Per bit pair: ViT minus CNN share of oscillating weights (whole model) in the last QAT epoch, for the
+    oscillation measure and for the integer-flip count that also holds step-size jitter."""
+    overall = oscillation[oscillation.layer == "(all)"]
+    last = overall[overall.epoch == overall.groupby(["model", "w_bits", "a_bits", "seed", "qat_seed"],
+                                                    dropna=False).epoch.transform("max")]
+    measures = {"oscillating_share": "vit_minus_cnn_oscillation", "integer_flip_share": "vit_minus_cnn_integer_flips"}
+    measures = {column: claim for column, claim in measures.items() if last[column].notna().any()}
+    per_seed = last.groupby(["model", "family", "w_bits", "a_bits", "seed"], as_index=False)[list(measures)].mean()
+    rows = []
+    for (w, a), at_bits in per_seed.groupby(["w_bits", "a_bits"], sort=False):
+        for column, claim in measures.items():
+            rows += _family_gap(claim, w, a, at_bits.assign(pct=100.0 * at_bits[column]), "pct", "% of weights")
+    return rows
+
+
+def variation_findings(variation: pd.DataFrame) -> list[dict]:
+    """ViT minus CNN mean of each variation statistic over the layers' weights and over their inputs (attention
+    internals, which CNNs lack, left out), of the FP32 models."""
+    layers = variation[variation["group"] != "attention_map"]
+    per_seed = layers.groupby(["model", "family", "seed", "kind"], as_index=False)[list(VARIATION_STATS)].mean()
+    rows = []
+    for kind, of_kind in per_seed.groupby("kind"):
+        for stat in VARIATION_STATS:
+            rows += _family_gap(f"vit_minus_cnn_{kind}_{stat}", FP32_BITS, FP32_BITS, of_kind, stat, stat)
+    return rows
+
+
+def findings_table(accuracy: pd.DataFrame, oscillation: pd.DataFrame | None = None,
+                   variation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every claim the tables support: accuracy drops and gaps, oscillation and variation, ViT against CNN."""
+    rows = accuracy_findings(accuracy)
+    if oscillation is not None and not oscillation.empty:
+        rows += oscillation_findings(oscillation)
+    if variation is not None and not variation.empty:
+        rows += variation_findings(variation)
     frame = pd.DataFrame(rows, columns=FINDING_COLUMNS)
     return frame.sort_values(["claim", "w_bits", "a_bits", "subject"], ascending=[True, False, False, True],
                              ignore_index=True)
 
 
+def _number(value: float, unit: str, sign: str = "") -> str:
+    return f"{value:{sign}.2f}" if unit in (POINTS, "% of weights") else f"{value:{sign}.3g}"
+
+
 def findings_markdown(findings: pd.DataFrame) -> str:
-    lines = ["| Claim | Subject | Bits | Effect | 95% CI | n | Shown |", "|---|---|---|---:|---|---:|---|"]
+    lines = ["| Claim | Subject | Bits | Effect | 95% CI | n | Shown | Unit |", "|---|---|---|---:|---|---:|---|---|"]
     for r in findings.itertuples():
-        interval = "–" if math.isnan(r.ci_low) else f"[{r.ci_low:.2f}, {r.ci_high:.2f}]"
-        lines.append(f"| {r.claim} | {r.subject} | W{r.w_bits}A{r.a_bits} | {r.effect:+.2f} | {interval} | {r.n} | "
-                     f"{'yes' if r.shown else 'not shown'} |")
-    lines += ["", "Effects in test top-1 points. qat_drop_from_fp32: each FP32 seed's FP32 top-1 minus its QAT runs' "
-              "mean (QAT seeds averaged within it), t-interval over FP32 seeds. qat_minus_ptq: QAT minus PTQ top-1 on "
-              "the same FP32 model, t-interval over FP32 seeds. vit_minus_cnn_qat_drop: mean QAT drop of the ViTs' "
-              "runs minus the CNNs', Welch interval over every model and FP32 seed of each family. Shown: the 95% "
-              "interval excludes zero."]
+        bits = "FP32" if r.w_bits == FP32_BITS else f"W{r.w_bits}A{r.a_bits}"
+        interval = "–" if math.isnan(r.ci_low) else f"[{_number(r.ci_low, r.unit)}, {_number(r.ci_high, r.unit)}]"
+        lines.append(f"| {r.claim} | {r.subject} | {bits} | {_number(r.effect, r.unit, '+')} | {interval} | {r.n} | "
+                     f"{'yes' if r.shown else 'not shown'} | {r.unit} |")
+    lines += ["", "Test top-1 points: qat_drop_from_fp32 is each FP32 seed's FP32 top-1 minus its QAT runs' mean (QAT "
+              "seeds averaged within it), t-interval over FP32 seeds; qat_minus_ptq is QAT minus PTQ top-1 on the same "
+              "FP32 model, t-interval over FP32 seeds. vit_minus_cnn_*: the ViTs' mean minus the CNNs', Welch interval "
+              "over one value per model and FP32 seed of each family — the QAT drop; the share of weights oscillating "
+              "in the last QAT epoch (and of integer flips, which also count step-size jitter); and each FP32 "
+              "variation statistic over the layers' weights or inputs. Shown: the 95% interval excludes zero."]
     return "\n".join(lines) + "\n"

@@ -63,5 +63,5 @@ def welch_ci(a: pd.Series, b: pd.Series) -> tuple[float, float, float, int]:
     if se == 0:
         return effect, effect, effect, len(a) + len(b)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = t_critical(max(1, int(df))) * se
+    half = t_critical(max(1, math.floor(df + 1e-9))) * se  # floor, but 3.9999999 from rounding is 4
     return effect, effect - half, effect + half, len(a) + len(b)
