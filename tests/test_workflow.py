@@ -171,7 +171,7 @@ def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
     counts = job_counts(output)
     n_models = len(config["models"])
     assert counts == {"ptq": n_models, "qat": n_models, "export_onnx": n_models, "bench_cpu": n_models,
-                      "aggregate": 1, "render_figures": 1, "all": 1, "total": 4 * n_models + 3}
+                      "aggregate": 1, "findings": 1, "render_figures": 1, "all": 1, "total": 4 * n_models + 4}
     scheduled = scheduled_variants(output)
     assert scheduled == {"ptq_w2a2_q0", "qat_w2a2_q0"}
 
