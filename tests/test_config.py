@@ -1,5 +1,6 @@
 """The default and test configs validate against the schema that the workflow enforces."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,19 @@ def test_default_study_has_two_cnns_and_two_vits():
     families = [m["family"] for m in config["models"].values()]
     assert families.count("cnn") >= 2 and families.count("vit") >= 2
     assert config["bits"] == [8, 6, 4, 3, 2]
+
+
+def test_the_run_part_of_the_default_study_is_the_default_study_at_fewer_bits():
+    """config/default-4-2.yaml produced the committed default-study tables: its jobs must be config.yaml's own (the
+    same study folder and the same hashed sections), only fewer bit-widths."""
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    part = yaml.safe_load((REPO / "config/default-4-2.yaml").read_text())
+    validate(copy.deepcopy(part), str(SCHEMA_PATH))  # validation fills in defaults; compare the files as written
+    assert part["bits"] == [4, 2] and part["seeds"]["qat_by_bits"] == {}
+    assert set(part["bits"]) < set(default["bits"])
+    for config in (default, part):
+        config.pop("bits"), config["seeds"].pop("qat_by_bits")
+    assert part == default
 
 
 def _tiny():
