@@ -115,7 +115,8 @@ def calibrate_on_training_split(model: nn.Module, splits: Splits, *, method: str
 
 @dataclasses.dataclass(frozen=True)
 class BatchnormReestimation:
-    """The config's `calibration.batchnorm_images` and `calibration.batchnorm_min_gain` (README, "Batch norm")."""
+    """The config's `calibration.batchnorm_images` and `calibration.batchnorm_min_gain` (docs/methods.md, "Batch
+    norm")."""
 
     images: int = 0  # 0: off
     min_gain: float = 0.0  # validation top-1 points the re-estimated statistics must gain to be kept
@@ -130,8 +131,8 @@ def reestimate_batchnorm_if_better(model: nn.Module, splits: Splits, settings: B
     """Re-estimate the batch-norm statistics of the quantized model on `settings.images` seeded-random training
     images (quant.reestimate_batchnorm) and keep them only if validation top-1 gains at least `settings.min_gain`
     points; returns what happened. The check is there because re-estimation helps low-bit CNNs a lot but can cost
-    a ViT's conv-stem norms; the margin, because a gain of a few validation images is noise (README, "Batch
-    norm")."""
+    a ViT's conv-stem norms; the margin, because a gain of a few validation images is noise (docs/methods.md,
+    "Batch norm")."""
     norms = quant.batchnorms(model)
     if settings.images == 0 or not norms:
         return {"reestimated": False, "norms": len(norms)}
@@ -182,7 +183,7 @@ def qat(*, data: str, fp32_checkpoint: str, scheme: quant.QuantScheme, identity:
                                                        batch_size=settings.batch_size, seed=seed)
     teacher = load_checkpoint(fp32_checkpoint)[0].to(splits.device) if objective.distill_weight > 0 else None
     # Batch-norm statistics stay frozen during the short fine-tune: the deployed graph then computes
-    # exactly what was trained (see README, "Batch norm").
+    # exactly what was trained (see docs/methods.md, "Batch norm").
     freeze_batchnorm(model)
     result = fit(model, splits, settings, seed=seed, resume_path=Path(checkpoint).with_suffix(".resume"),
                  desc=f"{identity['model']} qat {scheme.tag}", log=log,
