@@ -74,7 +74,7 @@ def cpu_share(cpus):
 
 def alone(cpus):
     """The threads of a job that must run without neighbours (timings) on `cpus` threads: all of --cores on one
-    machine; on a cluster `cpus`, and the profile asks for a node of its own (profiles/slurm: --exclusive)."""
+    machine; on a cluster `cpus`, and the profile asks for a node of its own (`--profile slurm`: --exclusive)."""
     return cpus if CLUSTER else CORES
 
 

@@ -1,5 +1,5 @@
 # TensorRT engines built and benchmarked with trtexec on a Jetson reached over ssh, or on this machine's GPU
-# (trt.transport: ssh or local; `--profile profiles/jetson` sets ssh). With trt.transport null, nothing here runs.
+# (trt.transport: ssh or local; `--profile jetson` sets ssh). With trt.transport null, nothing here runs.
 #
 # The host comes from the environment when a job runs (qatstudy.remote), never from params, so changing it reruns
 # nothing. Jobs on the device take one `trt_device` resource: the profile's pool of one runs them one at a time.

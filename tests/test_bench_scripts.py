@@ -1,32 +1,20 @@
-"""scripts/bench_qat_step.py, bench_ort_int8.py and bench_planning.py run on tiny models or grids and report what
-they measure (no timed assertions: timings on a shared machine prove nothing)."""
+"""The benchmark commands' code (`qatstudy bench-qat-step`, `bench-ort-int8` and `bench-planning`: the modules
+qatstudy.bench_qat_step, bench_ort_int8 and bench_planning) runs on tiny models or grids and reports what they measure
+(no timed assertions: timings on a shared machine prove nothing)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 import yaml
 
 from helpers import make_tiny_dataset
-from qatstudy import quant, stages
+from qatstudy import bench_ort_int8, bench_planning, bench_qat_step, quant, stages
 from qatstudy.objectives import QATSettings
 from qatstudy.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_qat_step = load_script("bench_qat_step")
-bench_planning = load_script("bench_planning")
-bench_ort_int8 = load_script("bench_ort_int8")
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""`snakemake --profile profiles/slurm` against a real single-node SLURM cluster.
+"""`snakemake --profile slurm` (from the repository root) against a real single-node SLURM cluster.
 
 The test starts munged, slurmctld and slurmd (Debian's munge and slurm-wlm) on localhost with everything in tmp:
 its own munge key and socket, slurm.conf, state and spool folders, logs and ports. One partition holds one node
@@ -149,10 +149,11 @@ def cluster(tmp_path_factory) -> dict:
 
 
 def snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """The profile by its name, as the README gives it: found in the repository root, the working directory."""
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                           str(workdir), "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(TINY),
+                           str(workdir), "--profile", "slurm", "--configfile", str(TINY),
                            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-                           "--slurm-keep-successful-logs", *args], capture_output=True, text=True, env=env)
+                           "--slurm-keep-successful-logs", *args], capture_output=True, text=True, env=env, cwd=REPO)
 
 
 def jobs(env: dict) -> list[dict]:
@@ -167,7 +168,7 @@ def jobs(env: dict) -> list[dict]:
 def study(cluster, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("slurm_study")
     result = snakemake(workdir, cluster["env"], TARGET)
-    assert result.returncode == 0, (f"snakemake --profile profiles/slurm failed:\n{result.stdout[-3000:]}\n"
+    assert result.returncode == 0, (f"snakemake --profile slurm failed:\n{result.stdout[-3000:]}\n"
                                     f"{result.stderr[-6000:]}")
     return workdir
 
@@ -179,7 +180,7 @@ def test_jobs_go_through_sbatch_with_the_profiles_resources(study, cluster):
         assert job["State"] == "COMPLETED", job
         assert job["NumCPUs"] == "1"  # tiny.yaml's threads: one CPU per job (--cpus-per-task)
         assert ("gpu:1" in job["tres-per-job"]) == (rule in GPU_RULES), job  # --gpus=1
-    # memory and time as profiles/slurm sets them for the first attempt
+    # memory and time as the slurm profile sets them for the first attempt
     assert (submitted["train_fp32"]["MinMemory"], submitted["train_fp32"]["TimeLimit"]) == ("16000M", "8:00:00")
     assert (submitted["download"]["MinMemory"], submitted["download"]["TimeLimit"]) == ("2000M", "30:00")
     log = (cluster["root"] / "slurmctld.log").read_text()

@@ -1,4 +1,4 @@
-"""`snakemake --profile profiles/jetson bench` against a real ssh server.
+"""`snakemake --profile jetson bench` (from the repository root) against a real ssh server.
 
 An sshd on 127.0.0.1 (throwaway host and user keys, everything in tmp) plays the Jetson; on its PATH are the
 stand-ins in tests/stand_ins (trtexec runs onnxruntime and prints trtexec's formats; tegrastats and nvpmodel
@@ -105,10 +105,10 @@ Host {DOWN_HOST}
 
 
 def snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """The profile by its name, as the README gives it: found in the repository root, the working directory."""
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                           str(workdir), "--profile", str(REPO / "profiles" / "jetson"), "--configfile",
-                           str(workdir / "study.yaml"), "--cores", "2", *args],
-                          capture_output=True, text=True, env=env)
+                           str(workdir), "--profile", "jetson", "--configfile", str(workdir / "study.yaml"),
+                           "--cores", "2", *args], capture_output=True, text=True, env=env, cwd=REPO)
 
 
 @pytest.fixture(scope="module")

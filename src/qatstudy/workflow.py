@@ -35,6 +35,19 @@ _FP32_SECTIONS = ("dataset", "train")
 STAGE_SECTIONS = {"fp32": _FP32_SECTIONS, "ptq": _FP32_SECTIONS + ("quant", "calibration"),
                   "qat": _FP32_SECTIONS + ("qat", "quant", "calibration", "distillation", "regularizer", "oscillation")}
 _UNHASHED_DATASET_KEYS = ("mirrors", "urls")  # where the files come from does not change them: their MD5 is checked
+# The repository checkout (the package is installed editable from its src/), whose files the commands outside the
+# workflow (qatstudy.cli) read: the default config, its schema and the Snakefile.
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
+
+
+def load_config(path) -> dict:
+    """A study config file, validated against the schema, which also fills in its defaults (as the Snakefile does)."""
+    from snakemake.utils import validate  # only here: every job imports this module, and few load a config
+
+    config = yaml.safe_load(Path(path).read_text())
+    validate(config, str(SCHEMA_PATH))
+    return config
 
 
 def canonical(value):

@@ -8,33 +8,28 @@ after the step, which is also reported on its own. Multi-crop distillation (`cro
 QAT more images per step and is left out: both steps see the same batch. FP32 and QAT steps
 alternate, so load from other processes falls on both alike; the table reports medians after warmup.
 
-    uv run python scripts/bench_qat_step.py                      # config.yaml, w4a4
-    uv run python scripts/bench_qat_step.py --bits w2a2 --steps 50 --models vit swin
+    uv run qatstudy bench-qat-step                      # config.yaml, w4a4
+    uv run qatstudy bench-qat-step --bits w2a2 --steps 50 --models vit swin
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import timm.optim
 import torch
 import torch.nn.functional as F
 import yaml
-from snakemake.utils import validate
 
-from qatstudy import quant
-from qatstudy.data import get_spec
-from qatstudy.models import set_threads
-from qatstudy.objectives import QATObjective, QATSettings
-from qatstudy.stages import build, freeze_batchnorm
-from qatstudy.workflow import merged_settings, model_objective, model_quant
+from . import quant
+from .data import get_spec
+from .models import set_threads
+from .objectives import QATObjective, QATSettings
+from .stages import build, freeze_batchnorm
+from .workflow import SCHEMA_PATH, load_config, merged_settings, model_objective, model_quant
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 TARGET_RATIO = 1.6  # the QAT step may cost at most this many FP32 steps
 
@@ -117,22 +112,10 @@ def format_table(rows: list[dict], threads: int, target: float = TARGET_RATIO) -
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "config.yaml"), help="study config (default: config.yaml)")
-    parser.add_argument("--models", nargs="+", help="model names from the config (default: all)")
-    parser.add_argument("--bits", default="w4a4", help="QAT bit-width tag (default: w4a4)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind (default: 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: the config's threads.train)")
-    args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())
-    validate(config, str(SCHEMA_PATH))  # fills in the schema's defaults
+def main(args: argparse.Namespace) -> None:
+    """`qatstudy bench-qat-step`: print the table for the config's models (options in qatstudy.cli)."""
+    config = load_config(args.config)
     threads = args.threads or config["threads"]["train"]
     set_threads(threads)  # also torch.set_flush_denormal(True), as every training job does
     rows = bench_config(config, models=args.models, tag=args.bits, steps=args.steps, warmup=args.warmup)
     print(format_table(rows, threads))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

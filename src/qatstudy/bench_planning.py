@@ -11,8 +11,8 @@ models plus copies to make six, six bit-widths and three seeds) it
   3. runs `snakemake --cores 1 all ablation` for real, times it, checks that it has nothing to be done, and that no
      file changed (path, size, modification time), Snakemake's own run log under .snakemake/log aside.
 
-    uv run python scripts/bench_planning.py
-    uv run python scripts/bench_planning.py --models 8 --bits 8 6 5 4 3 2 --seeds 0 1 2 --repeats 5
+    uv run qatstudy bench-planning
+    uv run qatstudy bench-planning --models 8 --bits 8 6 5 4 3 2 --seeds 0 1 2 --repeats 5
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from .workflow import REPO
 NOTHING_TO_DO = "Nothing to be done"
 RUN_LOGS = Path(".snakemake") / "log"  # each snakemake command writes its own log here
 
@@ -124,15 +124,8 @@ def report(result: dict) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "config.yaml"), help="base study config (default: config.yaml)")
-    parser.add_argument("--models", type=int, default=6, help="models in the grid (default: 6)")
-    parser.add_argument("--bits", nargs="+", type=int, default=[8, 6, 5, 4, 3, 2], help="bit-widths (default: 6)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed dry runs (default: 3)")
-    parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary folder)")
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace) -> int:
+    """`qatstudy bench-planning`: measure and print; 0 when the no-op run did nothing (options in qatstudy.cli)."""
     config = grid_config(yaml.safe_load(Path(args.config).read_text()), args.models, args.bits, args.seeds)
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
@@ -143,6 +136,3 @@ def main(argv: list[str] | None = None) -> int:
     print(report(result))
     return 0 if result["noop_nothing_to_do"] and not result["files_changed"] else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

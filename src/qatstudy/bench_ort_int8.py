@@ -8,27 +8,22 @@ which other processes' load inflates less) with the targets: at most 0.67x for C
 never above 1x. Then the deployed (onnxruntime) test top-1 against PyTorch's fake-quant test top-1 (the run's
 metrics.json), which must agree within 0.2 points, and how many layers onnxruntime fused into integer kernels.
 
-    uv run python scripts/bench_ort_int8.py --runs /path/to/runs --data data/fashion_mnist/splits.npz
-    uv run python scripts/bench_ort_int8.py --runs runs --data ... --models resnet vit --bits w8a8 w4a4 --rounds 20
+    uv run qatstudy bench-ort-int8 --runs /path/to/runs --data data/fashion_mnist/splits.npz
+    uv run qatstudy bench-ort-int8 --runs runs --data ... --models resnet vit --bits w8a8 w4a4 --rounds 20
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-from snakemake.utils import validate
+from .bench import interleaved_latency
+from .export import export_onnx, onnx_top1
+from .io import read_json
+from .workflow import bit_tags, load_config
 
-from qatstudy.bench import interleaved_latency
-from qatstudy.export import export_onnx, onnx_top1
-from qatstudy.io import read_json
-from qatstudy.workflow import bit_tags
-
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"cnn": 0.67, "vit": 0.85}  # INT8 / FP32 latency, per model family
 NEVER_SLOWER = 1.0
 MAX_TOP1_DELTA = 0.2  # points between deployed and PyTorch fake-quant top-1
@@ -92,22 +87,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "config.yaml"), help="study config (default: config.yaml)")
-    parser.add_argument("--runs", required=True, help="the study's runs folder (<model>/seed<s>/<variant>/model.pt)")
-    parser.add_argument("--data", required=True, help="the study's splits.npz (calibration and test images)")
-    parser.add_argument("--models", nargs="+", help="model names from the config (default: all)")
-    parser.add_argument("--bits", nargs="+", help="QAT tags such as w8a8 (default: the config's bits)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed of the runs (default: 0)")
-    parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: the config's bench.batch_sizes)")
-    parser.add_argument("--rounds", type=int, default=10, help="timing rounds, each alternating the models")
-    parser.add_argument("--iterations", type=int, default=5, help="runs of each model per round")
-    parser.add_argument("--no-accuracy", action="store_true", help="skip the test-split top-1")
-    parser.add_argument("--out", help="folder for the ONNX files (default: a temporary folder)")
-    args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())
-    validate(config, str(REPO / "schemas" / "config.schema.yaml"))  # fills in the schema's defaults
+def main(args: argparse.Namespace) -> None:
+    """`qatstudy bench-ort-int8`: export, time and print the table for the config's models (options in qatstudy.cli)."""
+    config = load_config(args.config)
     bench = config["bench"]
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as scratch:
@@ -125,6 +107,3 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
-
-if __name__ == "__main__":
-    sys.exit(main())
