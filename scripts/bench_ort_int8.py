@@ -24,9 +24,9 @@ import yaml
 from snakemake.utils import validate
 
 from qatstudy.bench import interleaved_latency
+from qatstudy.config import bit_tags
 from qatstudy.export import export_onnx, onnx_top1
 from qatstudy.io import read_json
-from qatstudy.workflow import bit_tags
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"cnn": 0.67, "vit": 0.85}  # INT8 / FP32 latency, per model family

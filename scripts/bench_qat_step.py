@@ -27,11 +27,12 @@ import yaml
 from snakemake.utils import validate
 
 from qatstudy import quant
+from qatstudy.checkpoints import build
+from qatstudy.config import merged_settings, model_objective, model_quant
 from qatstudy.data import get_spec
 from qatstudy.models import set_threads
 from qatstudy.objectives import QATObjective, QATSettings
-from qatstudy.stages import build, freeze_batchnorm
-from qatstudy.workflow import merged_settings, model_objective, model_quant
+from qatstudy.stages import freeze_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
