@@ -6,8 +6,8 @@
 
 import re
 
-from qatstudy.workflow import (ablation_arms, ablation_models, ablation_seeds, arm_config, arm_models,
-                                is_main_protocol_arm, qat_objective)
+from qatstudy.config import (ablation_arms, ablation_models, ablation_seeds, arm_config, arm_models,
+                              is_main_protocol_arm, qat_objective)
 
 ARMS = ablation_arms(config, SCHEMA)
 ABLATION_MODELS = ablation_models(config)

@@ -1,7 +1,7 @@
 # Why ViTs and CNNs quantize differently, from each FP32 checkpoint: per-module-group PTQ
 # sensitivity and per-tensor variation statistics (qatstudy.analysis), then their tidy tables.
 
-from qatstudy.workflow import SENSITIVITY_QUANT_OPTIONS
+from qatstudy.config import SENSITIVITY_QUANT_OPTIONS
 
 ANALYSIS_TABLES = [f"{TABLES_DIR}/{name}.csv" for name in ("sensitivity", "variation", "variation_summary")]
 SENSITIVITY_SETTINGS = canonical({"bits": config["analysis"]["sensitivity_bits"],

@@ -8,8 +8,9 @@ import yaml
 from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
-from qatstudy.workflow import (WORKFLOW_CORES_ENV, bit_tags, canonical, config_digest, merged_settings, model_identity,
-                                model_objective, model_quant, ptq_seeds, qat_seeds, study_name)
+from qatstudy.config import (bit_tags, canonical, config_digest, merged_settings, model_identity, model_objective,
+                              model_quant, ptq_seeds, qat_seeds, study_name)
+from qatstudy.workflow import WORKFLOW_CORES_ENV
 
 # Every study has its own folders, so that running another config never touches the default study's results.
 STUDY = study_name(config, workflow.overwrite_configfiles)

@@ -14,7 +14,7 @@ import yaml
 from snakemake.utils import validate
 
 from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
-from qatstudy.workflow import ablation_arms, ablation_models, arm_models, is_main_protocol_arm
+from qatstudy.config import ablation_arms, ablation_models, arm_models, is_main_protocol_arm
 from helpers import SCHEMA, SCHEMA_PATH
 from test_workflow import job_counts, scheduled_outputs, snakemake
 

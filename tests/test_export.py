@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from timm.models import register_model
 from torch import nn
 
-from qatstudy import bench, export, quant, runtime, stages, train
+from qatstudy import bench, export, ort_sessions, quant, stages, train
 from helpers import make_tiny_dataset
 
 torch.set_num_threads(1)
@@ -85,7 +85,7 @@ def art(tmp_path_factory):
 
 
 def _ort(path_or_model) -> ort.InferenceSession:
-    """A plain onnxruntime session (no graph optimisation), independent of qatstudy.runtime."""
+    """A plain onnxruntime session (no graph optimisation), independent of qatstudy.ort_sessions."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else str(path_or_model)
@@ -347,11 +347,11 @@ def test_onnxruntime_fuses_every_quantized_layer(art, tag):
     """After onnxruntime's own optimizations (the graph it runs) every conv is a QLinearConv and every linear layer
     a QGemm: no float Conv, Gemm or MatMul and no weight DequantizeLinear left. The reference placement, which
     the TensorRT layout keeps, leaves them all in float."""
-    fused = runtime.optimized_op_counts(art["onnx"][tag])
+    fused = ort_sessions.optimized_op_counts(art["onnx"][tag])
     assert fused.get("QLinearConv") == 2 and fused.get("QGemm") == 2
     assert not set(fused) & {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "BatchNormalization"}
     assert art["report"][tag]["ort_ops"] == {"QGemm": 2, "QLinearConv": 2}
-    unfused = runtime.optimized_op_counts(art["trt"][tag])
+    unfused = ort_sessions.optimized_op_counts(art["trt"][tag])
     assert unfused.get("QLinearConv", 0) == 0 and unfused.get("Conv", 0) + unfused.get("FusedConv", 0) == 2
     layout = art["report"][tag]["layout"]
     assert layout["bn_folded"] == 1 and layout["biases_int32"] == QUANT_LAYERS
@@ -394,7 +394,7 @@ def test_onnxruntime_layout_predicts_as_pytorch(art, tag):
     assert report["check_top1"] >= report["check_torch_top1"] - 10.0
     x = art["splits"].x["test"]
     expected = _torch_logits(art["ckpt"][tag], x)
-    actual = runtime.session(art["onnx"][tag]).run(None, {"input": x.numpy()})[0]  # fused kernels, as deployed
+    actual = ort_sessions.session(art["onnx"][tag]).run(None, {"input": x.numpy()})[0]  # fused kernels, as deployed
     assert (actual.argmax(1) == expected.argmax(1)).mean() >= 0.95
 
 

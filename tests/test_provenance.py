@@ -15,9 +15,9 @@ import yaml
 from snakemake.utils import validate
 
 from qatstudy.aggregate import accuracy_table, bench_table
+from qatstudy.config import config_digest
 from qatstudy.provenance import (PROVENANCE_COLUMNS, check_one_config, git_state, mixed_configs, provenance,
                                  with_tensorrt)
-from qatstudy.workflow import config_digest
 from helpers import SCHEMA_PATH
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qatstudy import qdq, runtime
+from qatstudy import ort_sessions, qdq
 
 RNG = np.random.default_rng(0)
 F = TensorProto.FLOAT
@@ -169,9 +169,9 @@ def test_cpu_layout_runs_as_integer_kernels_and_matches_the_graph():
     model = _conv_graph(in_bits=8, w_bits=4, gamma=np.array([1.0, -0.5, 2.0, 0.8]), next_bits=4)
     layout, report = qdq.cpu_layout(model, [], "mse")
     assert report["bn_folded"] == 1 and report["outputs_reused"] == 1 and report["biases_int32"] == 1
-    assert runtime.optimized_op_counts(layout).get("QLinearConv") == 1
+    assert ort_sessions.optimized_op_counts(layout).get("QLinearConv") == 1
     x = 4 * _x(64)
-    fused = runtime.session(layout).run(None, {"x": x})[0]
+    fused = ort_sessions.session(layout).run(None, {"x": x})[0]
     before = _run(model, x)[0]
     assert (fused == before).mean() > 0.99 and np.abs(fused - before).max() <= 0.1 * 1.0001
 

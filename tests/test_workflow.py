@@ -13,9 +13,9 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from qatstudy.config import arm_config, merged_settings, model_identity, model_objective, model_quant, qat_objective
 from qatstudy.io import read_json
-from qatstudy.workflow import (WORKFLOW_CORES_ENV, arm_config, job_threads, merged_settings, model_identity,
-                               model_objective, model_quant, qat_objective)
+from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads
 from helpers import SCHEMA, SCHEMA_PATH, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]

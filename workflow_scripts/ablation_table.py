@@ -1,5 +1,5 @@
 from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
-from qatstudy.aggregate import write_csv, write_text
+from qatstudy.io import write_csv, write_text
 from qatstudy.provenance import check_one_config
 from qatstudy.workflow import run
 

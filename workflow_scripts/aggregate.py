@@ -1,8 +1,9 @@
 from pathlib import Path
 
-from qatstudy.aggregate import (accuracy_table, bench_table, latex_table, oscillation_table, summary_markdown,
-                                summary_tables, write_csv, write_text)
+from qatstudy.aggregate import accuracy_table, bench_table, oscillation_table, summary_markdown, summary_tables
+from qatstudy.io import write_csv, write_text
 from qatstudy.provenance import check_one_config
+from qatstudy.tables import latex_table
 from qatstudy.workflow import run
 
 

@@ -1,5 +1,5 @@
-from qatstudy.aggregate import write_csv
 from qatstudy.analysis import sensitivity_table, variation_summary, variation_table
+from qatstudy.io import write_csv
 from qatstudy.provenance import check_one_config
 from qatstudy.workflow import run
 

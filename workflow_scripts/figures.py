@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from qatstudy.aggregate import write_text
 from qatstudy.charts import caption_markdown, figure, save_chart
+from qatstudy.io import write_text
 from qatstudy.workflow import run
 
 

@@ -1,7 +1,7 @@
 import pandas as pd
 
-from qatstudy.aggregate import write_csv, write_text
 from qatstudy.findings import findings_markdown, findings_table
+from qatstudy.io import write_csv, write_text
 from qatstudy.workflow import run
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .aggregate import latex_escape
-from .stats import mean_ci_text
 from .io import read_json
+from .labels import bits_heading
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
+from .stats import mean_ci_text
+from .tables import latex_escape, latex_row, markdown_row
 
 ABLATION_COLUMNS = ["model", "family", "arm", "w_bits", "a_bits", "seed", "qat_seed", "top1", "fp32_top1",
                     "oscillating_share", *PROVENANCE_COLUMNS]
@@ -53,9 +54,9 @@ def _grid(frame: pd.DataFrame, arms: list[str], models: list[str]) -> tuple[list
 
 def ablation_markdown(frame: pd.DataFrame, arms: list[str], models: list[str]) -> str:
     columns, rows = _grid(frame, arms, models)
-    lines = ["| Arm | " + " | ".join(f"W{w}A{a} {model}" for w, a, model in columns) + " |",
+    lines = ["| Arm | " + " | ".join(f"{bits_heading(w, a)} {model}" for w, a, model in columns) + " |",
              "|---|" + "---:|" * len(columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += [markdown_row(row) for row in rows]
     lines += ["", "Top-1 (%) on the test split; mean ± 95% t-interval half-width over runs (n: FP32 seeds × QAT seeds) "
                   "where there are several. Each arm is a QAT "
                   "run from the same FP32 model with the overrides given in the config's `ablation.arms`."]
@@ -67,10 +68,10 @@ def ablation_latex(frame: pd.DataFrame, arms: list[str], models: list[str]) -> s
     columns, rows = _grid(frame, arms, models)
     bits = list(dict.fromkeys((w, a) for w, a, _ in columns))
     n = len(models)
-    spans = " & ".join(rf"\multicolumn{{{n}}}{{c}}{{W{w}A{a}}}" for w, a in bits)
+    spans = " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{bits_heading(w, a)}}}" for w, a in bits)
     rules = " ".join(rf"\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(bits)))
     lines = [rf"\begin{{tabular}}{{l{'r' * len(columns)}}}", r"\toprule", f" & {spans} \\\\", rules,
              "Method & " + " & ".join(latex_escape(model) for _, _, model in columns) + r" \\", r"\midrule"]
-    body = [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in rows]
+    body = [latex_row(row) for row in rows]
     lines += [body[0], r"\midrule", *body[1:], r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

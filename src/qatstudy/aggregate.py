@@ -1,24 +1,23 @@
 """Tidy result tables from the per-run JSON files, and the summary tables (per model, by bit-width, deployed
-benchmarks) rendered as Markdown and LaTeX."""
+benchmarks), rendered as Markdown and LaTeX by qatstudy.tables."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from .io import atomic_path, read_json
+from .io import read_json
+from .labels import bits_heading
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
+from .records import BENCH_RUN_FIELDS
 from .stats import mean_ci_text, per_fp32_seed
+from .tables import Table, markdown_table
 
 ACCURACY_COLUMNS = ["model", "family", "arch", "method", "w_bits", "a_bits", "seed", "qat_seed", "top1", "val_top1",
                     "onnx_top1", "params", "fp32_bytes", "packed_bytes", "onnx_bytes", "quant", "objective",
                     *PROVENANCE_COLUMNS]
-# what a bench JSON (bench_cpu.json, bench_trt_<precision>.json) says of the run, besides its rows: the model and
-# the bytes a b-bit weight store takes (packed_bytes, from the run's metrics)
-BENCH_IDENTITY = ("model", "family", "method", "w_bits", "a_bits", "seed", "packed_bytes")
 BENCH_COLUMNS = ["model", "family", "method", "w_bits", "a_bits", "seed", "backend", "precision", "batch", "threads",
                  "latency_ms_p50", "latency_ms_p99", "latency_ms_mean", "throughput_ips", "model_bytes",
                  "onnx_bytes", "packed_bytes", "peak_mem_bytes", *PROVENANCE_COLUMNS]
@@ -79,7 +78,7 @@ def bench_table(bench_files: list[str]) -> pd.DataFrame:
     for f in bench_files:
         b = read_json(f)
         cpu_precision = "fp32" if b["method"] == "fp32" else "int8"
-        rows += [{**{k: b[k] for k in BENCH_IDENTITY}, "precision": cpu_precision, **row, **provenance_columns(b)}
+        rows += [{**{k: b[k] for k in BENCH_RUN_FIELDS}, "precision": cpu_precision, **row, **provenance_columns(b)}
                  for row in b["rows"]]
     frame = pd.DataFrame(rows, columns=BENCH_COLUMNS)
     return frame.sort_values(["family", "model", "method", "w_bits", "backend", "precision", "batch"],
@@ -113,34 +112,13 @@ def oscillation_table(metrics_files: list[str]) -> pd.DataFrame:
                              ascending=[True, True, False, True, True, True], kind="stable", ignore_index=True)
 
 
-def write_csv(frame: pd.DataFrame, dest: str | Path) -> None:
-    with atomic_path(dest) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-
-
 def _number(value: float, fmt: str) -> str:
     return "–" if pd.isna(value) else f"{value:{fmt}}"
 
 
-def bits_tag(w_bits: int, a_bits: int) -> str:
-    return "FP32" if w_bits >= 32 else f"W{w_bits}A{a_bits}"
-
-
-@dataclass
-class Table:
-    """A table ready to print: header cells, one alignment letter per column ("l" or "r"), body rows of
-    cell text, and a note that says how to read it (under the Markdown table, in the LaTeX caption)."""
-
-    title: str
-    columns: list[str]
-    align: str
-    rows: list[list[str]] = field(default_factory=list)
-    note: str = ""
-
-
 def model_summary_table(accuracy: pd.DataFrame, qat_bits: int) -> Table:
     """The classic table: parameters, FP32 and QAT top-1, FP32 and quantized size, per model."""
-    tag = bits_tag(qat_bits, qat_bits)
+    tag = bits_heading(qat_bits, qat_bits)
     table = Table(
         title=f"Models: FP32 against {tag} QAT",
         columns=["Model", "Family", "Parameters", "FP32 top-1 (%)", f"{tag} QAT top-1 (%)",
@@ -169,7 +147,7 @@ def top1_by_bits_table(accuracy: pd.DataFrame) -> Table:
     """Test top-1 per model and method (PTQ, QAT), one column per weight/activation bit-width."""
     pairs = sorted({(int(w), int(a)) for w, a in zip(accuracy.w_bits, accuracy.a_bits)}, reverse=True)
     table = Table(title="Test top-1 (%) by weight/activation bits, PTQ and QAT",
-                  columns=["Model", "Family", "Method"] + [bits_tag(w, a) for w, a in pairs],
+                  columns=["Model", "Family", "Method"] + [bits_heading(w, a) for w, a in pairs],
                   align="lll" + "r" * len(pairs),
                   note="Full test split, PyTorch; mean ± 95% t-interval half-width over FP32 seeds (n), each FP32 "
                        "seed's QAT seeds averaged first. The FP32 "
@@ -202,7 +180,7 @@ def deployment_table(bench: pd.DataFrame) -> Table:
     ordered = bench.assign(neg_bits=-bench.w_bits).sort_values(["family", "model", "method", "neg_bits", "backend",
                                                                 "precision", "batch"])
     for (_, model, method, w, a, backend, precision, batch), group in ordered.groupby(keys, sort=False):
-        variant = bits_tag(w, a) if method == "fp32" else f"{method.upper()} {bits_tag(w, a)}"
+        variant = bits_heading(w, a) if method == "fp32" else f"{method.upper()} {bits_heading(w, a)}"
         table.rows.append([model, variant, backend, precision, str(batch), mean_ci_text(group.latency_ms_p50, ".3f"),
                            mean_ci_text(group.latency_ms_p99, ".3f"), mean_ci_text(group.throughput_ips, ".0f"),
                            mean_ci_text(group.model_bytes / 1e6, ".3f"), mean_ci_text(group.peak_mem_bytes / 1e6, ".1f")])
@@ -215,40 +193,6 @@ def summary_tables(accuracy: pd.DataFrame, bench: pd.DataFrame, qat_bits: int) -
             "deployment": deployment_table(bench)}
 
 
-def markdown_table(table: Table) -> str:
-    rule = ["---" if a == "l" else "---:" for a in table.align]
-    lines = [f"**{table.title}**", "", _markdown_row(table.columns), _markdown_row(rule)]
-    lines += [_markdown_row(row) for row in table.rows]
-    return "\n".join(lines + ["", table.note]) + "\n"
-
-
-def _markdown_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-# LaTeX's special characters, and the non-ASCII ones the tables use, as LaTeX text
-_LATEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                        "±": r"$\pm$", "–": "--", "×": r"$\times$"})
-
-
-def latex_escape(text: str) -> str:
-    return text.translate(_LATEX)
-
-
-def latex_table(table: Table, label: str) -> str:
-    """A booktabs table float (needs \\usepackage{booktabs}), to \\input into a paper."""
-    def row(cells: list[str]) -> str:
-        return " & ".join(latex_escape(c) for c in cells) + r" \\"
-
-    return "\n".join([
-        r"\begin{table}[htbp]", r"\centering", r"\small",
-        rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.note)}}}", rf"\label{{tab:{label}}}",
-        rf"\begin{{tabular}}{{{table.align}}}", r"\toprule", row(table.columns), r"\midrule",
-        *[row(r) for r in table.rows],
-        r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
-
-
 def summary_markdown(accuracy: pd.DataFrame, bench: pd.DataFrame, qat_bits: int) -> str:
     """Every summary table in Markdown; the deployment table only where something was benchmarked."""
     tables = summary_tables(accuracy, bench, qat_bits)
@@ -256,7 +200,3 @@ def summary_markdown(accuracy: pd.DataFrame, bench: pd.DataFrame, qat_bits: int)
         del tables["deployment"]
     return "\n".join(markdown_table(table) for table in tables.values())
 
-
-def write_text(text: str, dest: str | Path) -> None:
-    with atomic_path(dest) as tmp:
-        tmp.write_text(text)

@@ -37,9 +37,11 @@ from torch import nn
 
 from . import quant
 from .batches import Splits
+from .calibration import calibrate_on_training_split, calibration_batches
+from .checkpoints import load_checkpoint
 from .io import read_json, write_json
+from .labels import bit_tag
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
-from .stages import calibrate_on_training_split, calibration_batches, load_checkpoint
 from .train import evaluate, training_device
 
 # groups in data-flow order; `stage` stands for stage1, stage2, ...
@@ -139,7 +141,7 @@ def sensitivity(model: nn.Module, splits: Splits, *, bits: Iterable[int], groups
         top1 = evaluate(model_q, x_val, y_val)
         rows.append({"group": group, "w_bits": w_bits, "a_bits": w_bits, "top1": top1, "fp32_top1": fp32_top1,
                      "drop": fp32_top1 - top1, "modules": modules[group]})
-        log(f"w{w_bits}a{w_bits} {group}: top-1 {top1:.2f}% (drop {fp32_top1 - top1:.2f} points)")
+        log(f"{bit_tag(w_bits, w_bits)} {group}: top-1 {top1:.2f}% (drop {fp32_top1 - top1:.2f} points)")
 
     for b in bits:
         scheme = quant.QuantScheme(b, b, quantize_attention=True, **(quant_options or {}))

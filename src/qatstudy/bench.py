@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import session
+from .ort_sessions import session
 
 
 def _status_bytes(field: str) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from .bench import interleaved_latency
 from .export import export_onnx, onnx_top1
 from .io import read_json
-from .workflow import bit_tags, load_config
+from .config import bit_tags, load_config
 
 TARGETS = {"cnn": 0.67, "vit": 0.85}  # INT8 / FP32 latency, per model family
 NEVER_SLOWER = 1.0

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from .workflow import REPO
+from .config import REPO
 NOTHING_TO_DO = "Nothing to be done"
 RUN_LOGS = Path(".snakemake") / "log"  # each snakemake command writes its own log here
 

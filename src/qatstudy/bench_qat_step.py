@@ -24,11 +24,12 @@ import torch.nn.functional as F
 import yaml
 
 from . import quant
+from .checkpoints import build
+from .config import SCHEMA_PATH, load_config, merged_settings, model_objective, model_quant
 from .data import get_spec
 from .models import set_threads
 from .objectives import QATObjective, QATSettings
-from .stages import build, freeze_batchnorm
-from .workflow import SCHEMA_PATH, load_config, merged_settings, model_objective, model_quant
+from .stages import freeze_batchnorm
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 TARGET_RATIO = 1.6  # the QAT step may cost at most this many FP32 steps

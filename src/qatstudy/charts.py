@@ -16,6 +16,7 @@ import pandas as pd
 
 from .findings import seed_drops
 from .io import atomic_path
+from .labels import bits_label
 from .stats import mean_ci
 
 FAMILY_NAMES = {"cnn": "CNN", "vit": "ViT"}
@@ -36,13 +37,6 @@ def family_name(family: str) -> str:
 
 def model_label(model: str, family: str) -> str:
     return f"{model} ({family_name(family)})"
-
-
-def bits_label(w_bits: int, a_bits: int, precision: str | None = None) -> str:
-    """"8-bit", "W4A8", "FP32", or "FP16" for a float model's FP16 TensorRT engine (bench.csv's precision)."""
-    if w_bits >= 32:
-        return "FP16" if precision == "fp16" else "FP32"
-    return f"{w_bits}-bit" if w_bits == a_bits else f"W{w_bits}A{a_bits}"
 
 
 def _precisions(frame: pd.DataFrame) -> list:
@@ -209,7 +203,7 @@ def size_reduction(accuracy: pd.DataFrame, palette: alt.Scale | None = None) -> 
     b-bit weights and for the ONNX file, against the ideal 32/b."""
     palette = model_palette(accuracy) if palette is None else palette
     quantized = labelled(accuracy[accuracy.method == "qat"])
-    quantized["bits"] = [f"{w}-bit" for w in quantized.w_bits]  # sizes depend on the weight bits only
+    quantized["bits"] = [bits_label(w, w) for w in quantized.w_bits]  # sizes depend on the weight bits only
     storages = {"packed_bytes": "Packed b-bit weights", "onnx_bytes": "ONNX file (int8 containers)"}
     long = quantized.melt(id_vars=["label", "w_bits", "bits", "seed", "fp32_bytes"], value_vars=list(storages),
                           var_name="storage", value_name="bytes").dropna(subset=["bytes"])

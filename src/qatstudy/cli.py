@@ -17,7 +17,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .workflow import REPO
+from .config import REPO
 
 DEFAULT_CONFIG = str(REPO / "config.yaml")
 

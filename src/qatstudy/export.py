@@ -23,9 +23,10 @@ from onnx import numpy_helper
 
 from . import qdq, quant
 from .batches import Splits
+from .calibration import calibration_batches
+from .checkpoints import load_checkpoint
 from .io import atomic_path
-from .runtime import optimized_op_counts, session
-from .stages import calibration_batches, load_checkpoint
+from .ort_sessions import optimized_op_counts, session
 
 OPSET = 17
 CALIBRATION_BATCH = 128

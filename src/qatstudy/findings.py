@@ -11,10 +11,12 @@ import math
 
 import pandas as pd
 
+from .labels import FLOAT_BITS, bits_heading
 from .stats import mean_ci, welch_ci
+from .tables import markdown_row
 
 FINDING_COLUMNS = ["claim", "subject", "w_bits", "a_bits", "effect", "ci_low", "ci_high", "n", "shown", "unit"]
-FP32_BITS = 32  # the bit pair of claims about the FP32 models themselves
+FP32_BITS = FLOAT_BITS  # the bit pair of claims about the FP32 models themselves
 POINTS = "top-1 points"
 # variation statistics compared across families (qatstudy.analysis), over the Conv2d / Linear weights and inputs
 VARIATION_STATS = ("kurtosis", "channel_cv", "outlier_ratio")
@@ -115,10 +117,9 @@ def _number(value: float, unit: str, sign: str = "") -> str:
 def findings_markdown(findings: pd.DataFrame) -> str:
     lines = ["| Claim | Subject | Bits | Effect | 95% CI | n | Shown | Unit |", "|---|---|---|---:|---|---:|---|---|"]
     for r in findings.itertuples():
-        bits = "FP32" if r.w_bits == FP32_BITS else f"W{r.w_bits}A{r.a_bits}"
         interval = "–" if math.isnan(r.ci_low) else f"[{_number(r.ci_low, r.unit)}, {_number(r.ci_high, r.unit)}]"
-        lines.append(f"| {r.claim} | {r.subject} | {bits} | {_number(r.effect, r.unit, '+')} | {interval} | {r.n} | "
-                     f"{'yes' if r.shown else 'not shown'} | {r.unit} |")
+        lines.append(markdown_row([r.claim, r.subject, bits_heading(r.w_bits, r.a_bits), _number(r.effect, r.unit, "+"),
+                                   interval, str(r.n), "yes" if r.shown else "not shown", r.unit]))
     lines += ["", "Test top-1 points: qat_drop_from_fp32 is each FP32 seed's FP32 top-1 minus its QAT runs' mean (QAT "
               "seeds averaged within it), t-interval over FP32 seeds; qat_minus_ptq is QAT minus PTQ top-1 on the same "
               "FP32 model, t-interval over FP32 seeds. vit_minus_cnn_*: the ViTs' mean minus the CNNs', Welch interval "

@@ -1,4 +1,5 @@
-"""Atomic file writes: results appear whole or not at all."""
+"""Result files: atomic writes (a result appears whole or not at all) of JSON, text and CSV tables, and JSON reads.
+Every layer writes through here, so none imports another layer for a file helper."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextlib.contextmanager
@@ -32,3 +37,14 @@ def write_json(dest: str | Path, data) -> None:
 
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
+
+
+def write_text(text: str, dest: str | Path) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv(frame: pd.DataFrame, dest: str | Path) -> None:
+    """A tidy table as CSV, floats in 6 significant digits."""
+    with atomic_path(dest) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")

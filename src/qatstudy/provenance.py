@@ -1,5 +1,5 @@
 """Where a result came from: the code's git commit (and whether its tree was dirty), package versions, the
-hardware, the config digest (`qatstudy.workflow.config_digest`) and the seed.
+hardware, the config digest (`qatstudy.config.config_digest`) and the seed.
 
 Every result file the workflow writes (metrics, ONNX, benchmark and analysis JSONs) carries this record under
 "provenance"; the tidy tables carry its config hash and commit as columns, and refuse to tabulate results of one

@@ -37,7 +37,7 @@ import torch
 from onnx import helper, numpy_helper, version_converter
 
 from .quant.calibrate import init_asymmetric_range
-from .runtime import session
+from .ort_sessions import session
 
 U8_MIN, U8_MAX = 0, 255
 FUSED_OPS = ("QLinearConv", "MatMulIntegerToFloat", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",

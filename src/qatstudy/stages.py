@@ -1,6 +1,6 @@
 """The study's stages as plain functions: FP32 training, PTQ and QAT per bit-width.
 
-Each writes a self-describing checkpoint (architecture, kwargs, quantization scheme, weights)
+Each writes a self-describing checkpoint (architecture, kwargs, quantization scheme, weights; qatstudy.checkpoints)
 and a metrics JSON. Workflow entry points call these; tests call them directly.
 """
 
@@ -14,41 +14,15 @@ import torch
 from torch import nn
 
 from . import quant
-from .batches import Splits, iterate_batches
+from .batches import Splits
+from .calibration import calibrate_on_training_split, calibration_batches
+from .checkpoints import build, load_checkpoint, save_checkpoint
 from .data import md5sum
-from .io import atomic_path, write_json
-from .models import count_parameters, create_model
+from .io import write_json
+from .models import count_parameters
 from .objectives import QATObjective, QATSettings
 from .settings import TrainSettings
 from .train import evaluate, fit, training_device
-
-
-def build(arch: str, kwargs: dict, *, num_classes: int, in_chans: int, scheme: quant.QuantScheme | None = None,
-          pretrained: bool = False, zero_init_head: bool = False) -> nn.Module:
-    model = create_model(arch, num_classes=num_classes, in_chans=in_chans, kwargs=kwargs, pretrained=pretrained,
-                         zero_init_head=zero_init_head)
-    if scheme is not None:
-        quant.quantize_model(model, scheme)
-    return model
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, *, arch: str, kwargs: dict, num_classes: int,
-                    image_shape: tuple, scheme: quant.QuantScheme | None) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"arch": arch, "kwargs": kwargs, "num_classes": num_classes, "image_shape": list(image_shape),
-                    "scheme": None if scheme is None else dataclasses.asdict(scheme),
-                    "state_dict": model.state_dict()}, tmp)
-
-
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint describes (quantizers included) and load its weights."""
-    ckpt = torch.load(path, weights_only=False, map_location="cpu")
-    scheme = quant.QuantScheme(**ckpt["scheme"]) if ckpt["scheme"] else None
-    model = build(ckpt["arch"], ckpt["kwargs"], num_classes=ckpt["num_classes"], in_chans=ckpt["image_shape"][0],
-                  scheme=scheme)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
 
 
 def _record(model: nn.Module, splits: Splits, identity: dict, **extra) -> dict:
@@ -97,20 +71,6 @@ def _quantized_from_fp32(fp32_checkpoint: str, scheme: quant.QuantScheme, splits
                                 seed=seed)
     batchnorm = reestimate_batchnorm_if_better(model, splits, bn_reestimation, batch_size=batch_size, seed=seed)
     return model, ckpt, batchnorm
-
-
-def calibration_batches(splits: Splits, *, images: int, batch_size: int, seed: int):
-    """Batches of `images` seeded-random training images, the data every calibration sees."""
-    generator = torch.Generator().manual_seed(seed)
-    return (xb for xb, _ in iterate_batches(splits.x["train"], splits.y["train"], batch_size, shuffle=True,
-                                            generator=generator, limit=images))
-
-
-def calibrate_on_training_split(model: nn.Module, splits: Splits, *, method: str, images: int, batch_size: int,
-                                seed: int) -> None:
-    """Initialise every quantizer's step size from `images` seeded-random training images."""
-    quant.calibrate(model, calibration_batches(splits, images=images, batch_size=batch_size, seed=seed),
-                    method=method, seed=seed)
 
 
 @dataclasses.dataclass(frozen=True)

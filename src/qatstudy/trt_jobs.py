@@ -12,9 +12,9 @@ import tarfile
 from pathlib import Path
 
 from . import trt
-from .aggregate import BENCH_IDENTITY
 from .io import atomic_path, read_json, write_json
 from .provenance import with_tensorrt
+from .records import BENCH_RUN_FIELDS
 from .remote import Transport, pack, unpack
 
 
@@ -64,14 +64,15 @@ def build_engine(*, onnx: str, metrics: str, engine: str, record: str, layers: s
                  trt_config: dict, provenance: dict | None = None, log=print) -> None:
     transport = Transport.from_environment(trt_config["transport"])
     device = probe_device(transport, trt_config["expected_version"], log)
-    identity = read_json(metrics)
-    quantized = identity["method"] != "fp32"
-    args = trt.build_args(settings, quantized=quantized, batch=batch, image_shape=identity["input_shape"])
+    run_metrics = read_json(metrics)
+    quantized = run_metrics["method"] != "fp32"
+    args = trt.build_args(settings, quantized=quantized, batch=batch, image_shape=run_metrics["input_shape"])
     report, files = run_trtexec(transport, args, {trt.ONNX_FILE: Path(onnx).read_bytes()},
                                 [trt.ENGINE_FILE, trt.LAYERS_FILE], log=log)
     layer_info = files[trt.LAYERS_FILE].decode(errors="replace")
-    build = {**{k: identity[k] for k in BENCH_IDENTITY}, "batch": batch, "input_shape": identity["input_shape"],
-             "precision": trt.precision_label(settings, quantized), "trtexec_args": args, "device": device,
+    build = {**{k: run_metrics[k] for k in BENCH_RUN_FIELDS}, "batch": batch,
+             "input_shape": run_metrics["input_shape"], "precision": trt.precision_label(settings, quantized),
+             "trtexec_args": args, "device": device,
              "trt_version": report.get("trt_version"), "device_name": report.get("device_name"),
              "compute_capability": report.get("compute_capability"), "build_s": report.get("build_s"),
              "engine_bytes": len(files[trt.ENGINE_FILE]), "onnx_bytes": Path(onnx).stat().st_size,
@@ -108,7 +109,7 @@ def benchmark_engines(*, engines: list[str], records: list[str], metrics: str, r
     builds = [read_json(r) for r in records]
     for build in builds:
         check_same_device(build, device, transport.describe())
-    identity = read_json(metrics)
+    run_metrics = read_json(metrics)
     rows, layer_profiles = [], []
     for engine, build in zip(engines, builds):
         args = trt.bench_args(settings, batch=build["batch"], image_shape=build["input_shape"])
@@ -127,5 +128,5 @@ def benchmark_engines(*, engines: list[str], records: list[str], metrics: str, r
     for path, data in zip(profiles, layer_profiles):
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
-    write_json(result, {**{k: identity[k] for k in BENCH_IDENTITY}, "device": device, "rows": rows,
+    write_json(result, {**{k: run_metrics[k] for k in BENCH_RUN_FIELDS}, "device": device, "rows": rows,
                         "provenance": with_tensorrt(provenance, device["trt_version"])})

@@ -7,7 +7,6 @@ parameter names stay unchanged and an FP32 checkpoint loads into the wrapped mod
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
+from ..labels import bit_tag, parse_bit_tag
 from .attention import quantize_attention
 from .quantizer import LSQQuantizer
 
@@ -54,15 +54,12 @@ class QuantScheme:
 
     @property
     def tag(self) -> str:
-        return f"w{self.w_bits}a{self.a_bits}"
+        return bit_tag(self.w_bits, self.a_bits)
 
     @classmethod
     def from_tag(cls, tag: str, **options) -> "QuantScheme":
         """`w4a8` -> QuantScheme(4, 8); `options` set the other fields."""
-        match = re.fullmatch(r"w(\d+)a(\d+)", tag)
-        if not match:
-            raise ValueError(f"bit-width tag must look like 'w4a4', got {tag!r}")
-        return cls(int(match[1]), int(match[2]), **options)
+        return cls(*parse_bit_tag(tag), **options)
 
     def for_layer(self, is_first_or_last: bool, is_depthwise: bool = False) -> "QuantScheme":
         if is_first_or_last and self.first_last_bits is not None:
