@@ -16,17 +16,17 @@ ARM_CONFIG = {(arm, model): arm_config(config, arm, model, SCHEMA) for arm in AR
 ABLATION_TAGS = bit_tags(config["ablation"]["bits"])
 ABLATION_RUN = f"{RUN}/ablation/{{arm}}_{{tag}}_q{{qseed}}"
 MAIN_PROTOCOL_ARMS = [arm for arm in ARMS if is_main_protocol_arm(config, arm)]
+# The metrics files of each arm's runs: the qat rule's for a main-protocol arm, else the arm's own.
+ABLATION_METRICS = {
+    arm: expand(f"{QAT_RUN}/metrics.json" if arm in MAIN_PROTOCOL_ARMS else f"{ABLATION_RUN}/metrics.json",
+                model=arm_models(config, arm), seed=ABLATION_FP32_SEEDS, arm=arm, tag=ABLATION_TAGS,
+                qseed=ABLATION_QAT_SEEDS)
+    for arm in ARMS
+}
 
 
 wildcard_constraints:
     arm="|".join(re.escape(arm) for arm in ARMS if arm not in MAIN_PROTOCOL_ARMS) or "(?!x)x",  # none: no arm job
-
-
-def ablation_metrics(arm):
-    """The metrics files of one arm's runs: the qat rule's for a main-protocol arm, else the arm's own."""
-    pattern = f"{QAT_RUN}/metrics.json" if arm in MAIN_PROTOCOL_ARMS else f"{ABLATION_RUN}/metrics.json"
-    return expand(pattern, model=arm_models(config, arm), seed=ABLATION_FP32_SEEDS, arm=arm, tag=ABLATION_TAGS,
-                  qseed=ABLATION_QAT_SEEDS)
 
 
 use rule qat as ablation_qat with:
@@ -46,7 +46,7 @@ use rule qat as ablation_qat with:
 
 rule ablation_table:
     input:
-        arms=[f for arm in ARMS for f in ablation_metrics(arm)],
+        arms=[f for files in ABLATION_METRICS.values() for f in files],
         fp32=expand(f"{RUN}/fp32/metrics.json", model=ABLATION_MODELS, seed=ABLATION_FP32_SEEDS),
     output:
         csv=f"{TABLES_DIR}/ablation.csv",
@@ -54,10 +54,12 @@ rule ablation_table:
         tex=f"{TABLES_DIR}/ablation.tex",
     params:
         arms=list(ARMS),
-        arm_of={f: arm for arm in ARMS for f in ablation_metrics(arm)},
+        arm_of={f: arm for arm, files in ABLATION_METRICS.items() for f in files},
         models=ABLATION_MODELS,
         allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
         f"{LOGS}/ablation_table.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/ablation_table.py"

@@ -1,4 +1,5 @@
-# Tables from the per-run JSON files, figures from those tables only, and what `snakemake --report` shows.
+# Tables from the per-run JSON files, figures from those tables only, and what `snakemake --report` shows. The report
+# helpers (table_report, figure_captions, figure_outputs) are in rules/common.smk.
 
 LATEX_TABLES = ["models", "top1_by_bits", "deployment"]  # <TABLES_DIR>/<name>.tex
 SENSITIVITY_FIGURE = "sensitivity"  # drawn from the analysis stage's sensitivity.csv, by its own rule
@@ -7,27 +8,6 @@ TABLE_FIGURES = [name for name in FIGURE_NAMES if name != SENSITIVITY_FIGURE]
 
 # the report's front page: what the study is, and its effective configuration
 report: "../report/workflow.rst"
-
-
-def table_report(path, caption):
-    return report(path, caption=f"../report/tables/{caption}.rst", category="Tables")
-
-
-def figure_captions(names):
-    """The caption files (report/figures/<name>.rst), inputs so that editing one re-renders its figure."""
-    return [workflow.source_path(f"../report/figures/{name}.rst") for name in names]
-
-
-def figure_outputs(names):
-    """Per figure: the print PNG, the caption as Markdown, and the SVG and interactive HTML, which the report
-    embeds under the same caption."""
-    outputs = []
-    for name in names:
-        flags = dict(caption=f"../report/figures/{name}.rst", category="Figures")
-        svg = report(f"{FIGURES_DIR}/{name}.svg", labels={"figure": name, "format": "SVG"}, **flags)
-        html = report(f"{FIGURES_DIR}/{name}.html", labels={"figure": name, "format": "interactive HTML"}, **flags)
-        outputs += [f"{FIGURES_DIR}/{name}.png", f"{FIGURES_DIR}/{name}.caption.md", svg, html]
-    return outputs
 
 
 rule aggregate:
@@ -47,6 +27,8 @@ rule aggregate:
         allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
         f"{LOGS}/aggregate.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/aggregate.py"
 
@@ -62,6 +44,8 @@ rule findings:
         markdown=f"{TABLES_DIR}/findings.md",
     log:
         f"{LOGS}/findings.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/findings.py"
 
@@ -79,6 +63,8 @@ rule render_figures:
         bubble_batch=max(config["bench"]["batch_sizes"]),
     log:
         f"{LOGS}/figures.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/figures.py"
 
@@ -94,5 +80,7 @@ rule render_sensitivity_figure:
         names=[SENSITIVITY_FIGURE],
     log:
         f"{LOGS}/figures_sensitivity.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/figures.py"

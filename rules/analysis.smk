@@ -27,6 +27,8 @@ rule sensitivity:
         f"{LOGS}/sensitivity/{{model}}_seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/sensitivity/{{model}}_seed{{seed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/sensitivity.py"
 
@@ -46,6 +48,8 @@ rule variation:
         f"{LOGS}/variation/{{model}}_seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/variation/{{model}}_seed{{seed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/variation.py"
 
@@ -62,5 +66,7 @@ rule analysis_tables:
         allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
         f"{LOGS}/analysis_tables.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/analysis_tables.py"

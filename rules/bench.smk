@@ -10,5 +10,7 @@ rule bench_cpu:
     threads: alone(config["bench"]["threads"])  # timings without neighbours
     log:
         f"{LOGS}/bench_cpu/{{model}}_seed{{seed}}_{{variant}}.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/bench_cpu.py"

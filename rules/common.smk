@@ -42,6 +42,13 @@ FIGURES = expand(f"{FIGURES_DIR}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=FIGUR
 # does not depend on the seed).
 DEPLOY_SEED = FP32_SEEDS[0]
 DEPLOYED = ["fp32"] + [f"qat_{tag}_q{QAT_SEEDS[tag][0]}" for tag in BIT_TAGS]
+# PTQ and QAT runs of one FP32 model (rules/quantize.smk), per bit-width tag and QAT seed
+PTQ_RUN = f"{RUN}/ptq_{{tag}}_q{{qseed}}"
+QAT_RUN = f"{RUN}/qat_{{tag}}_q{{qseed}}"
+# TensorRT (rules/trt.smk): the engines' batch sizes, and the benchmark files the bench table reads (none unless
+# trt.transport is set)
+TRT = config["trt"]
+TRT_BATCHES = config["bench"]["batch_sizes"]
 
 
 wildcard_constraints:
@@ -108,3 +115,40 @@ def deployed_runs(pattern):
     """Every model's deployed variants (DEPLOYED, of FP32 seed DEPLOY_SEED) in a pattern with {model}, {seed} and
     {variant}."""
     return [pattern.format(model=m, seed=DEPLOY_SEED, variant=v) for m in MODELS for v in DEPLOYED]
+
+
+def float_precisions(variant):
+    """The TensorRT precisions of a deployed variant's float layers: the FP32 model once per trt.float_baselines, a
+    quantized model once, in trt.float_precision."""
+    return TRT["float_baselines"] if variant == "fp32" else [TRT["float_precision"]]
+
+
+def per_batch(pattern):
+    """A TensorRT pattern with {batch} for each engine batch size, other wildcards kept."""
+    return expand(pattern, batch=TRT_BATCHES, allow_missing=True)
+
+
+# the TensorRT benchmark files the bench table reads (rules/aggregate.smk)
+TRT_BENCH = [f"{STUDY_RUNS}/{m}/seed{DEPLOY_SEED}/{v}/bench_trt_{p}.json" for m in MODELS for v in DEPLOYED
+             for p in float_precisions(v)] if TRT["transport"] else []
+
+
+def table_report(path, caption):
+    return report(path, caption=f"../report/tables/{caption}.rst", category="Tables")
+
+
+def figure_captions(names):
+    """The caption files (report/figures/<name>.rst), inputs so that editing one re-renders its figure."""
+    return [workflow.source_path(f"../report/figures/{name}.rst") for name in names]
+
+
+def figure_outputs(names):
+    """Per figure: the print PNG, the caption as Markdown, and the SVG and interactive HTML, which the report
+    embeds under the same caption."""
+    outputs = []
+    for name in names:
+        flags = dict(caption=f"../report/figures/{name}.rst", category="Figures")
+        svg = report(f"{FIGURES_DIR}/{name}.svg", labels={"figure": name, "format": "SVG"}, **flags)
+        html = report(f"{FIGURES_DIR}/{name}.html", labels={"figure": name, "format": "interactive HTML"}, **flags)
+        outputs += [f"{FIGURES_DIR}/{name}.png", f"{FIGURES_DIR}/{name}.caption.md", svg, html]
+    return outputs

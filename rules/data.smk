@@ -7,6 +7,8 @@ rule download:
         urls=config["dataset"]["urls"],
     log:
         f"logs/download_{DATASET}.log",  # shared by every study of the dataset, like the files
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/download.py"
 
@@ -25,5 +27,7 @@ rule split:
         test_subset=config["dataset"]["test_subset"],
     log:
         f"{LOGS}/split.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/split.py"

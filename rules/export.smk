@@ -15,5 +15,7 @@ rule export_onnx:
     threads: cpu_share(config["threads"]["eval"])
     log:
         f"{LOGS}/export/{{model}}_seed{{seed}}_{{variant}}.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/export.py"

@@ -1,9 +1,6 @@
 # PTQ and QAT per bit-width tag (w8a8, w4a4, ...) and QAT seed, both starting from the FP32 checkpoint of one FP32
 # seed. The QAT seed fixes the calibration sample (PTQ too) and the fine-tune's data order and augmentation, so runs
-# of one FP32 model that share a QAT seed are paired.
-
-PTQ_RUN = f"{RUN}/ptq_{{tag}}_q{{qseed}}"
-QAT_RUN = f"{RUN}/qat_{{tag}}_q{{qseed}}"
+# of one FP32 model that share a QAT seed are paired. Their run folders: PTQ_RUN and QAT_RUN (rules/common.smk).
 
 
 rule ptq:
@@ -22,6 +19,8 @@ rule ptq:
         f"{LOGS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
     benchmark:
         f"{BENCHMARKS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/ptq.py"
 
@@ -45,5 +44,7 @@ rule qat:
         f"{LOGS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
     benchmark:
         f"{BENCHMARKS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/qat.py"

@@ -16,5 +16,7 @@ rule train_fp32:
         f"{LOGS}/train_fp32/{{model}}_seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/train_fp32/{{model}}_seed{{seed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/train_fp32.py"
