@@ -1,5 +1,5 @@
-# Tables from the per-run JSON files, figures from those tables only, and what `snakemake --report` shows. The report
-# helpers (table_report, figure_captions, figure_outputs) are in rules/common.smk.
+# Tables from the per-run JSON files, summary tables and figures from those tables only, and what `snakemake --report`
+# shows. The report helpers (table_report, figure_captions, figure_outputs) are in rules/common.smk.
 
 LATEX_TABLES = ["models", "top1_by_bits", "deployment"]  # <TABLES_DIR>/<name>.tex
 SENSITIVITY_FIGURE = "sensitivity"  # drawn from the analysis stage's sensitivity.csv, by its own rule
@@ -10,27 +10,58 @@ TABLE_FIGURES = [name for name in FIGURE_NAMES if name != SENSITIVITY_FIGURE]
 report: "../report/workflow.rst"
 
 
-rule aggregate:
+# The benchmark table needs only the deployed variants' benchmarks, so `snakemake bench` runs no PTQ job.
+rule bench_table:
+    input:
+        bench=deployed_runs(f"{RUN}/{{variant}}/bench_cpu.json") + TRT_BENCH,
+    output:
+        bench=table_report(f"{TABLES_DIR}/bench.csv", "bench"),
+    params:
+        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
+    log:
+        f"{LOGS}/bench_table.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    script:
+        "../workflow_scripts/bench_table.py"
+
+
+# Every run's accuracy (and the deployed variants' ONNX accuracy), and the QAT runs' oscillation.
+rule accuracy_tables:
     input:
         metrics=fp32_runs(f"{RUN}/fp32/metrics.json") + quantized_runs(f"{PTQ_RUN}/metrics.json", PTQ_SEEDS)
         + quantized_runs(f"{QAT_RUN}/metrics.json"),
         onnx=deployed_runs(f"{RUN}/{{variant}}/onnx.json"),
-        bench=deployed_runs(f"{RUN}/{{variant}}/bench_cpu.json") + TRT_BENCH,
     output:
         accuracy=table_report(f"{TABLES_DIR}/accuracy.csv", "accuracy"),
-        bench=table_report(f"{TABLES_DIR}/bench.csv", "bench"),
-        summary=table_report(f"{TABLES_DIR}/summary.md", "summary"),
         oscillation=table_report(f"{TABLES_DIR}/oscillation.csv", "oscillation"),
-        latex=[table_report(f"{TABLES_DIR}/{name}.tex", "summary") for name in LATEX_TABLES],
     params:
-        summary_bits=config["figures"]["summary_bits"],
         allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
-        f"{LOGS}/aggregate.log",
+        f"{LOGS}/accuracy_tables.log",
     conda:
         "../envs/qatstudy.yaml"
     script:
-        "../workflow_scripts/aggregate.py"
+        "../workflow_scripts/accuracy_tables.py"
+
+
+# The summary (Markdown) and LaTeX tables, from the accuracy and benchmark tables: the deployment table and the
+# summary's deployment section come from the benchmarks, the others from the accuracy.
+rule summary_tables:
+    input:
+        accuracy=f"{TABLES_DIR}/accuracy.csv",
+        bench=f"{TABLES_DIR}/bench.csv",
+    output:
+        summary=table_report(f"{TABLES_DIR}/summary.md", "summary"),
+        latex=[table_report(f"{TABLES_DIR}/{name}.tex", "summary") for name in LATEX_TABLES],
+    params:
+        summary_bits=config["figures"]["summary_bits"],
+    log:
+        f"{LOGS}/summary_tables.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    script:
+        "../workflow_scripts/summary_tables.py"
 
 
 # Every claim as a row with its 95% interval, from the accuracy, oscillation and variation tables.

@@ -279,6 +279,20 @@ def test_summary_markdown_other_bits_and_one_seed(tmp_path):
     assert "Latency" not in no_bench and "| resnet_t |" in no_bench
 
 
+def test_summary_from_the_written_tables_is_the_summary_of_the_tables(tables, tmp_path):
+    """The summary_tables rule reads accuracy.csv and bench.csv back (their writers' rules are apart, so that
+    `snakemake bench` needs no accuracy run): its Markdown and LaTeX are those of the tables in memory."""
+    acc, b = tables
+    for bench in (b, b.iloc[0:0]):  # benchmarks, and none (bench.csv holds its header alone)
+        write_csv(acc, tmp_path / "accuracy.csv")
+        write_csv(bench, tmp_path / "bench.csv")
+        acc_back, bench_back = pd.read_csv(tmp_path / "accuracy.csv"), pd.read_csv(tmp_path / "bench.csv")
+        assert summary_markdown(acc_back, bench_back, qat_bits=4) == summary_markdown(acc, bench, qat_bits=4)
+        expected = summary_tables(acc, bench, qat_bits=4)
+        for name, table in summary_tables(acc_back, bench_back, qat_bits=4).items():
+            assert latex_table(table, label=name) == latex_table(expected[name], label=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. atomic writes
 

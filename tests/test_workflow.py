@@ -35,12 +35,12 @@ def scheduled_outputs(dry_run_output: str) -> str:
     return "\n".join(line for line in dry_run_output.splitlines() if line.strip().startswith("output:"))
 
 
-def dry_run_all(workdir: Path, tmp_path: Path, config: dict) -> str:
-    """The output of `snakemake all --dry-run` in `workdir` with `config` as the config file (a file named like the
-    tiny study's, so that it is the same study)."""
+def dry_run(workdir: Path, tmp_path: Path, config: dict, target: str = "all") -> str:
+    """The output of `snakemake <target> --dry-run` in `workdir` with `config` as the config file (a file named like
+    the tiny study's, so that it is the same study)."""
     path = tmp_path / TINY.name
     path.write_text(yaml.safe_dump(config))
-    return snakemake(workdir, "--configfile", str(path), "--cores", "2", "all", "--dry-run").stdout
+    return snakemake(workdir, "--configfile", str(path), "--cores", "2", target, "--dry-run").stdout
 
 
 def scheduled_models(dry_run_output: str) -> set[str]:
@@ -167,13 +167,35 @@ def test_second_run_has_nothing_to_do(tiny_study):
 def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["bits"] = config["bits"] + [2]
-    output = dry_run_all(tiny_study, tmp_path, config)
+    output = dry_run(tiny_study, tmp_path, config)
     counts = job_counts(output)
     n_models = len(config["models"])
     assert counts == {"ptq": n_models, "qat": n_models, "export_onnx": n_models, "bench_cpu": n_models,
-                      "aggregate": 1, "findings": 1, "render_figures": 1, "all": 1, "total": 4 * n_models + 4}
+                      "bench_table": 1, "accuracy_tables": 1, "summary_tables": 1, "findings": 1, "render_figures": 1,
+                      "all": 1, "total": 4 * n_models + 6}
     scheduled = scheduled_variants(output)
     assert scheduled == {"ptq_w2a2_q0", "qat_w2a2_q0"}
+
+
+@pytest.mark.parametrize("transport", [None, "ssh"])
+def test_bench_target_runs_only_what_the_benchmark_table_needs(tmp_path, transport):
+    """`snakemake bench` trains, exports and benchmarks the deployed variants alone (the first FP32 seed's model and
+    its QAT models of the first QAT seed), then writes the bench table: no PTQ job, no other seed's runs, no accuracy
+    or summary table."""
+    config = yaml.safe_load(TINY.read_text())
+    config["seeds"] = {"fp32": [0, 1], "qat": [3, 5]}
+    config["trt"] = {"transport": transport, "float_baselines": ["fp32", "fp16"]}
+    output = dry_run(tmp_path, tmp_path, config, target="bench")
+    counts = job_counts(output)
+    n_models, n_deployed = len(config["models"]), 1 + len(config["bits"])
+    expected = {"download": 1, "split": 1, "train_fp32": n_models, "qat": n_models * (n_deployed - 1),
+                "export_onnx": n_models * n_deployed, "bench_cpu": n_models * n_deployed, "bench_table": 1, "bench": 1}
+    if transport:  # the FP32 model's two float baselines and each QAT model, one engine per batch size
+        engines = n_models * (n_deployed + 1)
+        expected.update(trt_build=engines * len(config["bench"]["batch_sizes"]), trt_bench=engines)
+    assert "ptq" not in counts and counts == {**expected, "total": sum(expected.values())}
+    assert scheduled_variants(output) == {"fp32", "qat_w8a8_q3", "qat_w4a4_q3"}
+    assert set(re.findall(r"runs/tiny/[^/\s]+/seed(\d+)/", scheduled_outputs(output))) == {"0"}
 
 
 
@@ -181,7 +203,7 @@ def test_every_qat_seed_quantizes_every_fp32_model(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["bits"] = [8, 4]
     config["seeds"] = {"fp32": [0, 1], "qat": [3, 5], "qat_by_bits": {8: [3]}, "ptq": [3]}
-    output = dry_run_all(tmp_path, tmp_path, config)
+    output = dry_run(tmp_path, tmp_path, config)
     runs = set(re.findall(r"runs/tiny/([^/\s]+)/seed(\d+)/(\w+)/", scheduled_outputs(output)))
     for model in config["models"]:
         for fp32_seed in "01":
@@ -198,7 +220,7 @@ def test_every_qat_seed_quantizes_every_fp32_model(tmp_path):
 def test_a_models_quant_override_reschedules_only_its_quantized_jobs(tiny_study, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 8}
-    output = dry_run_all(tiny_study, tmp_path, config)
+    output = dry_run(tiny_study, tmp_path, config)
     counts = job_counts(output)
     n_bits = len(config["bits"])
     assert counts["ptq"] == counts["qat"] == counts["export_onnx"] == n_bits and "train_fp32" not in counts
@@ -223,7 +245,7 @@ def test_model_quant_merges_the_models_overrides_and_names_bad_ones():
 def test_a_models_oscillation_override_reschedules_only_its_qat_jobs(tiny_study, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["models"]["cnn"]["oscillation"] = {"freeze_threshold": 0.02}
-    output = dry_run_all(tiny_study, tmp_path, config)
+    output = dry_run(tiny_study, tmp_path, config)
     counts = job_counts(output)
     assert counts["qat"] == counts["export_onnx"] == len(config["bits"]) and "ptq" not in counts
     assert scheduled_models(output) == {"cnn"}
