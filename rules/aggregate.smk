@@ -16,12 +16,12 @@ rule bench_table:
         bench=deployed_runs(f"{RUN}/{{variant}}/bench_cpu.json") + TRT_BENCH,
     output:
         bench=table_report(f"{TABLES_DIR}/bench.csv", "bench"),
-    params:
-        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
         f"{LOGS}/bench_table.log",
     conda:
         "../envs/qatstudy.yaml"
+    params:
+        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     script:
         "../workflow_scripts/bench_table.py"
 
@@ -29,18 +29,19 @@ rule bench_table:
 # Every run's accuracy (and the deployed variants' ONNX accuracy), and the QAT runs' oscillation.
 rule accuracy_tables:
     input:
-        metrics=fp32_runs(f"{RUN}/fp32/metrics.json") + quantized_runs(f"{PTQ_RUN}/metrics.json", PTQ_SEEDS)
+        metrics=fp32_runs(f"{RUN}/fp32/metrics.json")
+        + quantized_runs(f"{PTQ_RUN}/metrics.json", PTQ_SEEDS)
         + quantized_runs(f"{QAT_RUN}/metrics.json"),
         onnx=deployed_runs(f"{RUN}/{{variant}}/onnx.json"),
     output:
         accuracy=table_report(f"{TABLES_DIR}/accuracy.csv", "accuracy"),
         oscillation=table_report(f"{TABLES_DIR}/oscillation.csv", "oscillation"),
-    params:
-        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
         f"{LOGS}/accuracy_tables.log",
     conda:
         "../envs/qatstudy.yaml"
+    params:
+        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     script:
         "../workflow_scripts/accuracy_tables.py"
 
@@ -54,12 +55,12 @@ rule summary_tables:
     output:
         summary=table_report(f"{TABLES_DIR}/summary.md", "summary"),
         latex=[table_report(f"{TABLES_DIR}/{name}.tex", "summary") for name in LATEX_TABLES],
-    params:
-        summary_bits=config["figures"]["summary_bits"],
     log:
         f"{LOGS}/summary_tables.log",
     conda:
         "../envs/qatstudy.yaml"
+    params:
+        summary_bits=config["figures"]["summary_bits"],
     script:
         "../workflow_scripts/summary_tables.py"
 
@@ -89,13 +90,13 @@ rule render_figures:
         captions=figure_captions(TABLE_FIGURES),
     output:
         figures=figure_outputs(TABLE_FIGURES),
-    params:
-        names=TABLE_FIGURES,
-        bubble_batch=max(config["bench"]["batch_sizes"]),
     log:
         f"{LOGS}/figures.log",
     conda:
         "../envs/qatstudy.yaml"
+    params:
+        names=TABLE_FIGURES,
+        bubble_batch=max(config["bench"]["batch_sizes"]),
     script:
         "../workflow_scripts/figures.py"
 
@@ -107,11 +108,11 @@ rule render_sensitivity_figure:
         captions=figure_captions([SENSITIVITY_FIGURE]),
     output:
         figures=figure_outputs([SENSITIVITY_FIGURE]),
-    params:
-        names=[SENSITIVITY_FIGURE],
     log:
         f"{LOGS}/figures_sensitivity.log",
     conda:
         "../envs/qatstudy.yaml"
+    params:
+        names=[SENSITIVITY_FIGURE],
     script:
         "../workflow_scripts/figures.py"

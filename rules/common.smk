@@ -8,8 +8,19 @@ import yaml
 from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
-from qatstudy.workflow import (WORKFLOW_CORES_ENV, bit_tags, canonical, config_digest, merged_settings, model_identity,
-                                model_objective, model_quant, ptq_seeds, qat_seeds, study_name)
+from qatstudy.workflow import (
+    WORKFLOW_CORES_ENV,
+    bit_tags,
+    canonical,
+    config_digest,
+    merged_settings,
+    model_identity,
+    model_objective,
+    model_quant,
+    ptq_seeds,
+    qat_seeds,
+    study_name,
+)
 
 # Every study has its own folders, so that running another config never touches the default study's results.
 STUDY = study_name(config, workflow.overwrite_configfiles)
@@ -31,10 +42,28 @@ BIT_TAGS = bit_tags(config["bits"])
 QAT_SEEDS = qat_seeds(config)  # per bit-width tag
 PTQ_SEEDS = ptq_seeds(config)
 RUN = f"{STUDY_RUNS}/{{model}}/seed{{seed}}"  # one FP32 model and everything made from it
-TABLES = [f"{TABLES_DIR}/{name}" for name in ("accuracy.csv", "bench.csv", "summary.md", "oscillation.csv",
-                                               "findings.csv", "findings.md",
-                                               "models.tex", "top1_by_bits.tex", "deployment.tex")]
-FIGURE_NAMES = ["accuracy_by_bits", "drop_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch"]
+TABLES = [
+    f"{TABLES_DIR}/{name}"
+    for name in (
+        "accuracy.csv",
+        "bench.csv",
+        "summary.md",
+        "oscillation.csv",
+        "findings.csv",
+        "findings.md",
+        "models.tex",
+        "top1_by_bits.tex",
+        "deployment.tex",
+    )
+]
+FIGURE_NAMES = [
+    "accuracy_by_bits",
+    "drop_by_bits",
+    "accuracy_vs_latency",
+    "size_reduction",
+    "oscillation",
+    "onnx_vs_pytorch",
+]
 FIGURE_EXTENSIONS = ["png", "svg", "html", "caption.md"]
 SENSITIVITY_FIGURES = expand(f"{FIGURES_DIR}/sensitivity.{{ext}}", ext=FIGURE_EXTENSIONS)
 FIGURES = expand(f"{FIGURES_DIR}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=FIGURE_EXTENSIONS) + SENSITIVITY_FIGURES
@@ -102,8 +131,13 @@ def train_settings(stage):
 def quantized_runs(pattern, seeds=QAT_SEEDS):
     """Every model x FP32 seed x bit-width x that bit-width's seeds (QAT_SEEDS or PTQ_SEEDS) instance of a pattern
     with {model}, {seed}, {tag} and {qseed}."""
-    return [pattern.format(model=m, seed=s, tag=t, qseed=q)
-            for m in MODELS for s in FP32_SEEDS for t in BIT_TAGS for q in seeds[t]]
+    return [
+        pattern.format(model=m, seed=s, tag=t, qseed=q)
+        for m in MODELS
+        for s in FP32_SEEDS
+        for t in BIT_TAGS
+        for q in seeds[t]
+    ]
 
 
 def fp32_runs(pattern):
@@ -129,8 +163,16 @@ def per_batch(pattern):
 
 
 # the TensorRT benchmark files the bench table reads (rules/aggregate.smk)
-TRT_BENCH = [f"{STUDY_RUNS}/{m}/seed{DEPLOY_SEED}/{v}/bench_trt_{p}.json" for m in MODELS for v in DEPLOYED
-             for p in float_precisions(v)] if TRT["transport"] else []
+TRT_BENCH = (
+    [
+        f"{STUDY_RUNS}/{m}/seed{DEPLOY_SEED}/{v}/bench_trt_{p}.json"
+        for m in MODELS
+        for v in DEPLOYED
+        for p in float_precisions(v)
+    ]
+    if TRT["transport"]
+    else []
+)
 
 
 def table_report(path, caption):

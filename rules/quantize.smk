@@ -9,18 +9,18 @@ rule ptq:
         fp32=f"{RUN}/fp32/model.pt",
     output:
         metrics=f"{PTQ_RUN}/metrics.json",
-    params:
-        identity=identity,
-        quant=lambda w: MODEL_QUANT[w.model],
-        calibration=canonical(config["calibration"]),
-        config_digest=config_digest(config, "ptq"),
-    threads: cpu_share(config["threads"]["eval"])
     log:
         f"{LOGS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
     benchmark:
         f"{BENCHMARKS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
     conda:
         "../envs/qatstudy.yaml"
+    threads: cpu_share(config["threads"]["eval"])
+    params:
+        identity=identity,
+        quant=lambda w: MODEL_QUANT[w.model],
+        calibration=canonical(config["calibration"]),
+        config_digest=config_digest(config, "ptq"),
     script:
         "../workflow_scripts/ptq.py"
 
@@ -32,6 +32,13 @@ rule qat:
     output:
         checkpoint=f"{QAT_RUN}/model.pt",
         metrics=f"{QAT_RUN}/metrics.json",
+    log:
+        f"{LOGS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
+    threads: cpu_share(config["threads"]["train"])
     params:
         identity=identity,
         settings=train_settings("qat"),
@@ -39,12 +46,5 @@ rule qat:
         quant=lambda w: MODEL_QUANT[w.model],
         calibration=canonical(config["calibration"]),
         config_digest=config_digest(config, "qat"),
-    threads: cpu_share(config["threads"]["train"])
-    log:
-        f"{LOGS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
-    benchmark:
-        f"{BENCHMARKS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
-    conda:
-        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/qat.py"

@@ -11,8 +11,10 @@
 from qatstudy.trt import BENCH_SETTINGS, BUILD_SETTINGS
 
 if TRT["strongly_typed"] and {TRT["float_precision"], *TRT["float_baselines"]} != {"fp32"}:
-    raise ValueError("trt.strongly_typed takes every type from the ONNX files, whose float layers are FP32: set "
-                     "trt.float_precision to fp32 and trt.float_baselines to [fp32]")
+    raise ValueError(
+        "trt.strongly_typed takes every type from the ONNX files, whose float layers are FP32: set "
+        "trt.float_precision to fp32 and trt.float_baselines to [fp32]"
+    )
 TRT_RUN = f"{RUN}/{{variant}}/trt/{{precision}}"
 TRT_BUILD_SETTINGS = canonical({k: TRT[k] for k in BUILD_SETTINGS})
 TRT_BENCH_SETTINGS = canonical({k: TRT[k] for k in BENCH_SETTINGS})
@@ -34,16 +36,16 @@ rule trt_build:
         engine=f"{TRT_RUN}/b{{batch}}.engine",
         layers=f"{TRT_RUN}/b{{batch}}.layers.json",
         record=f"{TRT_RUN}/b{{batch}}.build.json",
-    params:
-        build=lambda w: canonical({**TRT_BUILD_SETTINGS, "float_precision": w.precision}),
-        config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS),
-    resources:
-        trt_device=1,
-    threads: TRT_THREADS
     log:
         f"{LOGS}/trt_build/{{model}}_seed{{seed}}_{{variant}}_{{precision}}_b{{batch}}.log",
     conda:
         "../envs/qatstudy.yaml"
+    threads: TRT_THREADS
+    resources:
+        trt_device=1,
+    params:
+        build=lambda w: canonical({**TRT_BUILD_SETTINGS, "float_precision": w.precision}),
+        config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS),
     script:
         "../workflow_scripts/trt_build.py"
 
@@ -56,15 +58,15 @@ rule trt_bench:
     output:
         result=f"{RUN}/{{variant}}/bench_trt_{{precision}}.json",
         profiles=per_batch(f"{TRT_RUN}/b{{batch}}.profile.json"),
-    params:
-        bench=TRT_BENCH_SETTINGS,
-        config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS, trt_bench=TRT_BENCH_SETTINGS),
-    resources:
-        trt_device=1,
-    threads: TRT_THREADS
     log:
         f"{LOGS}/trt_bench/{{model}}_seed{{seed}}_{{variant}}_{{precision}}.log",
     conda:
         "../envs/qatstudy.yaml"
+    threads: TRT_THREADS
+    resources:
+        trt_device=1,
+    params:
+        bench=TRT_BENCH_SETTINGS,
+        config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS, trt_bench=TRT_BENCH_SETTINGS),
     script:
         "../workflow_scripts/trt_bench.py"
