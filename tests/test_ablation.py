@@ -13,9 +13,9 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from helpers import SCHEMA, SCHEMA_PATH
 from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
 from qatstudy.workflow import ablation_arms, ablation_models, arm_models, is_main_protocol_arm
-from helpers import SCHEMA, SCHEMA_PATH
 from test_workflow import job_counts, scheduled_outputs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,7 +182,8 @@ def test_table_renders_arms_by_bits_and_model(tmp_path):
     latex = ablation_latex(frame, arms, models)
     assert r"\multicolumn{2}{c}{W4A4} & \multicolumn{2}{c}{W2A2} \\" in latex
     assert r"\cmidrule(lr){2-3} \cmidrule(lr){4-5}" in latex
-    assert r"baseline & 84.50 $\pm$ 6.35 (n=2) & 84.50 $\pm$ 6.35 (n=2) & 82.50 $\pm$ 6.35 (n=2) & 82.50 $\pm$ 6.35 (n=2) \\" in latex
+    assert (r"baseline & 84.50 $\pm$ 6.35 (n=2) & 84.50 $\pm$ 6.35 (n=2) & "
+            r"82.50 $\pm$ 6.35 (n=2) & 82.50 $\pm$ 6.35 (n=2) \\") in latex
     assert latex.startswith(r"\begin{tabular}{lrrrr}") and latex.rstrip().endswith(r"\end{tabular}")
 
 

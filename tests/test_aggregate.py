@@ -13,8 +13,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qatstudy.aggregate import (accuracy_table, bench_table, deployment_table, latex_table, markdown_table,
-                                summary_markdown, summary_tables, write_csv, write_text)
+from qatstudy.aggregate import (
+    accuracy_table,
+    bench_table,
+    deployment_table,
+    latex_table,
+    markdown_table,
+    summary_markdown,
+    summary_tables,
+    write_csv,
+    write_text,
+)
 
 MODELS = {"resnet_t": ("cnn", "resnet10t", 1_234_567, 4_938_268), "vit_t": ("vit", "vit_convstem_tiny", 200_000, 800_000)}
 VARIANTS = {"fp32": ("fp32", 32, 32), "ptq_w4a4": ("ptq", 4, 4), "qat_w4a4": ("qat", 4, 4), "qat_w8a8": ("qat", 8, 8)}

@@ -11,11 +11,11 @@ import yaml
 from snakemake.utils import validate
 from torch import nn
 
+from helpers import SCHEMA_PATH, make_tiny_dataset
 from qatstudy import analysis, quant, stages
 from qatstudy.batches import Splits
 from qatstudy.models import create_model
 from qatstudy.train import evaluate
-from helpers import SCHEMA_PATH, make_tiny_dataset
 
 torch.set_num_threads(1)
 

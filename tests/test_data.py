@@ -16,7 +16,6 @@ import torch
 
 from qatstudy import data
 from qatstudy.batches import Splits, augment, iterate_batches
-from qatstudy.train import DEVICE_ENV, training_device
 from qatstudy.data import (
     DatasetError,
     DatasetSpec,
@@ -25,6 +24,7 @@ from qatstudy.data import (
     prepare_splits,
     read_idx,
 )
+from qatstudy.train import DEVICE_ENV, training_device
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -178,7 +178,7 @@ def test_fetch_from_file_url(toy):
 
 def test_fetch_replaces_corrupt_file_in_place(toy):
     toy.raw.mkdir()
-    for n, c in toy.contents.items():
+    for n in toy.contents:
         (toy.raw / n).write_bytes(b"garbage")
     _check_good(toy, fetch_dataset("toy", toy.raw, mirrors=[str(toy.good)], urls=[]))
 

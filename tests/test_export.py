@@ -24,8 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from timm.models import register_model
 from torch import nn
 
-from qatstudy import bench, export, quant, runtime, stages, train
 from helpers import make_tiny_dataset
+from qatstudy import bench, export, quant, runtime, stages, train
 
 torch.set_num_threads(1)
 

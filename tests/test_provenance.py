@@ -14,11 +14,17 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from qatstudy.aggregate import accuracy_table, bench_table
-from qatstudy.provenance import (PROVENANCE_COLUMNS, check_one_config, git_state, mixed_configs, provenance,
-                                 with_tensorrt)
-from qatstudy.workflow import config_digest
 from helpers import SCHEMA_PATH
+from qatstudy.aggregate import accuracy_table, bench_table
+from qatstudy.provenance import (
+    PROVENANCE_COLUMNS,
+    check_one_config,
+    git_state,
+    mixed_configs,
+    provenance,
+    with_tensorrt,
+)
+from qatstudy.workflow import config_digest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,6 @@ from timm.layers.attention import Attention
 from timm.models.swin_transformer import WindowAttention
 
 from helpers import export_quantized
-
 from qatstudy import quant
 from qatstudy.models import create_model
 from qatstudy.quant import QuantScheme, QuantViTAttention, QuantWindowAttention

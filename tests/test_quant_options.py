@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from helpers import export_quantized
-
 from qatstudy import quant
 from qatstudy.models import create_model
 from qatstudy.quant import LSQQuantizer, QuantScheme

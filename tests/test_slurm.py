@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from qatstudy.io import read_json
 from helpers import free_port, needs_fashion_mnist
+from qatstudy.io import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

@@ -8,15 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from helpers import make_tiny_dataset
 from qatstudy import quant, stages
 from qatstudy import train as train_module
 from qatstudy.models import count_parameters
-from helpers import make_tiny_dataset
 
 torch.set_num_threads(1)
 

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from qatstudy.io import read_json
 from helpers import free_port, needs_fashion_mnist
+from qatstudy.io import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_INS = REPO / "tests" / "stand_ins"

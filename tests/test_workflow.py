@@ -13,10 +13,18 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from qatstudy.io import read_json
-from qatstudy.workflow import (WORKFLOW_CORES_ENV, arm_config, job_threads, merged_settings, model_identity,
-                               model_objective, model_quant, qat_objective)
 from helpers import SCHEMA, SCHEMA_PATH, needs_fashion_mnist
+from qatstudy.io import read_json
+from qatstudy.workflow import (
+    WORKFLOW_CORES_ENV,
+    arm_config,
+    job_threads,
+    merged_settings,
+    model_identity,
+    model_objective,
+    model_quant,
+    qat_objective,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

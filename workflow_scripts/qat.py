@@ -1,7 +1,7 @@
 from qatstudy.objectives import QATSettings
 from qatstudy.quant import QuantScheme
-from qatstudy.stages import BatchnormReestimation, qat
 from qatstudy.settings import TrainSettings
+from qatstudy.stages import BatchnormReestimation, qat
 from qatstudy.workflow import job_provenance, run
 
 

@@ -1,5 +1,5 @@
-from qatstudy.stages import train_fp32
 from qatstudy.settings import TrainSettings
+from qatstudy.stages import train_fp32
 from qatstudy.workflow import job_provenance, run
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pandas as pd
 
 from .aggregate import latex_escape
-from .stats import mean_ci_text
 from .io import read_json
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
+from .stats import mean_ci_text
 
 ABLATION_COLUMNS = ["model", "family", "arm", "w_bits", "a_bits", "seed", "qat_seed", "top1", "fp32_top1",
                     "oscillating_share", *PROVENANCE_COLUMNS]

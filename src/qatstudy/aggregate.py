@@ -55,7 +55,8 @@ def quant_options_text(quant: dict | None) -> str | None:
 
 def options_text(options: dict | None) -> str | None:
     """Options as sorted JSON (the accuracy table's quant and objective columns); None where a run has none (the
-    objective of a QAT run: distillation, regularizer and oscillation settings, `models.<name>.oscillation` included)."""
+    objective of a QAT run: distillation, regularizer and oscillation settings, `models.<name>.oscillation`
+    included)."""
     return None if options is None else json.dumps(options, sort_keys=True)
 
 
@@ -195,9 +196,10 @@ def deployment_table(bench: pd.DataFrame) -> Table:
                   columns=["Model", "Variant", "Backend", "Precision", "Batch", "Latency p50 (ms)", "Latency p99 (ms)",
                            "Throughput (img/s)", "Model file (MB)", "Peak memory (MB)"],
                   align="llllrrrrrr",
-                  note="Mean ± 95% t-interval half-width over seeds (n) where there are several. Precision: what the backend computes in "
-                       "(TensorRT: the engine's). Peak memory: resident memory above the process's memory before "
-                       "the model was loaded (TensorRT: the engine and its execution context on the device).")
+                  note="Mean ± 95% t-interval half-width over seeds (n) where there are several. Precision: what the "
+                       "backend computes in (TensorRT: the engine's). Peak memory: resident memory above the "
+                       "process's memory before the model was loaded (TensorRT: the engine and its execution context "
+                       "on the device).")
     keys = ["family", "model", "method", "w_bits", "a_bits", "backend", "precision", "batch"]
     ordered = bench.assign(neg_bits=-bench.w_bits).sort_values(["family", "model", "method", "neg_bits", "backend",
                                                                 "precision", "batch"])

@@ -129,14 +129,14 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, trt_path: str | Pa
     simplified and checked against PyTorch on `check_batch` validation images; the onnxruntime layout's new
     output quantizers calibrate on `calib_images` training images of `data` by `calib_method` (qdq.cpu_layout).
 
-    The reference graph (Q/DQ where training quantized) must compute what PyTorch computes: float round-off
-    upstream of a quantizer (LayerNorm, softmax) can move a value across a rounding boundary and flip one integer
-    step, so an image's logits may differ, but more than MAX_DIFFERING_SHARE of the images differing by over
-    `tolerance` x the largest logit means a broken export (`_differs`). The two layouts are not exact (new 8-bit output quantizers; unsigned 8-bit activations at half
-    resolution for TensorRT), and at 2 or 3 bits one flipped step changes many images' predictions (a W2A2 ResNet
-    agreed with PyTorch on 86% of images at the same test top-1), so a layout must instead not lose more than
-    `max_drop` points of top-1 on the check images: that catches a broken layout, not a small loss, which the
-    test split's top-1 (measured separately, for accuracy.csv) shows.
+    The reference graph (Q/DQ where training quantized) must compute what PyTorch computes: float round-off upstream
+    of a quantizer (LayerNorm, softmax) can move a value across a rounding boundary and flip one integer step, so an
+    image's logits may differ, but more than MAX_DIFFERING_SHARE of the images differing by over `tolerance` x the
+    largest logit means a broken export (`_differs`). The two layouts are not exact (new 8-bit output quantizers;
+    unsigned 8-bit activations at half resolution for TensorRT), and at 2 or 3 bits one flipped step changes many
+    images' predictions (a W2A2 ResNet agreed with PyTorch on 86% of images at the same test top-1), so a layout
+    must instead not lose more than `max_drop` points of top-1 on the check images: that catches a broken layout,
+    not a small loss, which the test split's top-1 (measured separately, for accuracy.csv) shows.
     """
     model, ckpt = load_checkpoint(checkpoint)
     shape = ckpt["image_shape"]

@@ -126,7 +126,7 @@ class _QParams:
     zero_point: np.ndarray  # 0-d, its dtype is the container
 
     @classmethod
-    def of(cls, g: Graph, node: onnx.NodeProto) -> "_QParams | None":
+    def of(cls, g: Graph, node: onnx.NodeProto) -> _QParams | None:
         scale = g.constant(node.input[1])
         zero = g.optional_constant(node, 2, np.array(0, np.uint8))
         if scale is None or zero is None or scale.size != 1 or zero.size != 1:

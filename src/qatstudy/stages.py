@@ -122,7 +122,7 @@ class BatchnormReestimation:
     min_gain: float = 0.0  # validation top-1 points the re-estimated statistics must gain to be kept
 
     @classmethod
-    def from_config(cls, calibration: dict) -> "BatchnormReestimation":
+    def from_config(cls, calibration: dict) -> BatchnormReestimation:
         return cls(images=calibration["batchnorm_images"], min_gain=calibration["batchnorm_min_gain"])
 
 

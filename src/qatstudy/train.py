@@ -19,7 +19,6 @@ from .io import atomic_path
 from .quant import quantizers
 from .settings import TrainSettings
 
-
 DEVICE_ENV = "QATSTUDY_DEVICE"
 
 

@@ -57,14 +57,14 @@ class QuantScheme:
         return f"w{self.w_bits}a{self.a_bits}"
 
     @classmethod
-    def from_tag(cls, tag: str, **options) -> "QuantScheme":
+    def from_tag(cls, tag: str, **options) -> QuantScheme:
         """`w4a8` -> QuantScheme(4, 8); `options` set the other fields."""
         match = re.fullmatch(r"w(\d+)a(\d+)", tag)
         if not match:
             raise ValueError(f"bit-width tag must look like 'w4a4', got {tag!r}")
         return cls(int(match[1]), int(match[2]), **options)
 
-    def for_layer(self, is_first_or_last: bool, is_depthwise: bool = False) -> "QuantScheme":
+    def for_layer(self, is_first_or_last: bool, is_depthwise: bool = False) -> QuantScheme:
         if is_first_or_last and self.first_last_bits is not None:
             return replace(self, w_bits=self.first_last_bits, a_bits=self.first_last_bits)
         if is_depthwise and self.depthwise_input_bits is not None:
