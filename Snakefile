@@ -1,9 +1,9 @@
 # qat-study: QAT of Vision Transformers versus CNNs, from data download to deployment.
 #
 #   download -> split -> train_fp32 -> ptq / qat (per bit-width) -> export (ONNX Q/DQ)
-#            -> bench (onnxruntime CPU) -> aggregate (tables) -> figures
+#            -> bench (onnxruntime CPU) -> bench_table, accuracy_tables -> summary_tables, findings -> figures
 #
-# Targets: all (tables and figures), bench (benchmark table), figures (charts only),
+# Targets: all (tables and figures), bench (the benchmark table alone: no PTQ job), figures (charts only),
 #          ablation (the QAT ablation table), analysis (module sensitivity and variation tables).
 
 from snakemake.utils import min_version, validate

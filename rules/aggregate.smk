@@ -1,4 +1,5 @@
-# Tables from the per-run JSON files, figures from those tables only, and what `snakemake --report` shows.
+# Tables from the per-run JSON files, summary tables and figures from those tables only, and what `snakemake --report`
+# shows. The report helpers (table_report, figure_captions, figure_outputs) are in rules/common.smk.
 
 LATEX_TABLES = ["models", "top1_by_bits", "deployment"]  # <TABLES_DIR>/<name>.tex
 SENSITIVITY_FIGURE = "sensitivity"  # drawn from the analysis stage's sensitivity.csv, by its own rule
@@ -9,46 +10,59 @@ TABLE_FIGURES = [name for name in FIGURE_NAMES if name != SENSITIVITY_FIGURE]
 report: "../report/workflow.rst"
 
 
-def table_report(path, caption):
-    return report(path, caption=f"../report/tables/{caption}.rst", category="Tables")
-
-
-def figure_captions(names):
-    """The caption files (report/figures/<name>.rst), inputs so that editing one re-renders its figure."""
-    return [workflow.source_path(f"../report/figures/{name}.rst") for name in names]
-
-
-def figure_outputs(names):
-    """Per figure: the print PNG, the caption as Markdown, and the SVG and interactive HTML, which the report
-    embeds under the same caption."""
-    outputs = []
-    for name in names:
-        flags = dict(caption=f"../report/figures/{name}.rst", category="Figures")
-        svg = report(f"{FIGURES_DIR}/{name}.svg", labels={"figure": name, "format": "SVG"}, **flags)
-        html = report(f"{FIGURES_DIR}/{name}.html", labels={"figure": name, "format": "interactive HTML"}, **flags)
-        outputs += [f"{FIGURES_DIR}/{name}.png", f"{FIGURES_DIR}/{name}.caption.md", svg, html]
-    return outputs
-
-
-rule aggregate:
+# The benchmark table needs only the deployed variants' benchmarks, so `snakemake bench` runs no PTQ job.
+rule bench_table:
     input:
-        metrics=fp32_runs(f"{RUN}/fp32/metrics.json") + quantized_runs(f"{PTQ_RUN}/metrics.json", PTQ_SEEDS)
-        + quantized_runs(f"{QAT_RUN}/metrics.json"),
-        onnx=deployed_runs(f"{RUN}/{{variant}}/onnx.json"),
         bench=deployed_runs(f"{RUN}/{{variant}}/bench_cpu.json") + TRT_BENCH,
     output:
-        accuracy=table_report(f"{TABLES_DIR}/accuracy.csv", "accuracy"),
         bench=table_report(f"{TABLES_DIR}/bench.csv", "bench"),
-        summary=table_report(f"{TABLES_DIR}/summary.md", "summary"),
+    log:
+        f"{LOGS}/bench_table.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    params:
+        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
+    script:
+        "../workflow_scripts/bench_table.py"
+
+
+# Every run's accuracy (and the deployed variants' ONNX accuracy), and the QAT runs' oscillation.
+rule accuracy_tables:
+    input:
+        metrics=fp32_runs(f"{RUN}/fp32/metrics.json")
+        + quantized_runs(f"{PTQ_RUN}/metrics.json", PTQ_SEEDS)
+        + quantized_runs(f"{QAT_RUN}/metrics.json"),
+        onnx=deployed_runs(f"{RUN}/{{variant}}/onnx.json"),
+    output:
+        accuracy=table_report(f"{TABLES_DIR}/accuracy.csv", "accuracy"),
         oscillation=table_report(f"{TABLES_DIR}/oscillation.csv", "oscillation"),
+    log:
+        f"{LOGS}/accuracy_tables.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    params:
+        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
+    script:
+        "../workflow_scripts/accuracy_tables.py"
+
+
+# The summary (Markdown) and LaTeX tables, from the accuracy and benchmark tables: the deployment table and the
+# summary's deployment section come from the benchmarks, the others from the accuracy.
+rule summary_tables:
+    input:
+        accuracy=f"{TABLES_DIR}/accuracy.csv",
+        bench=f"{TABLES_DIR}/bench.csv",
+    output:
+        summary=table_report(f"{TABLES_DIR}/summary.md", "summary"),
         latex=[table_report(f"{TABLES_DIR}/{name}.tex", "summary") for name in LATEX_TABLES],
+    log:
+        f"{LOGS}/summary_tables.log",
+    conda:
+        "../envs/qatstudy.yaml"
     params:
         summary_bits=config["figures"]["summary_bits"],
-        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
-    log:
-        f"{LOGS}/aggregate.log",
     script:
-        "../workflow_scripts/aggregate.py"
+        "../workflow_scripts/summary_tables.py"
 
 
 # Every claim as a row with its 95% interval, from the accuracy, oscillation and variation tables.
@@ -62,6 +76,8 @@ rule findings:
         markdown=f"{TABLES_DIR}/findings.md",
     log:
         f"{LOGS}/findings.log",
+    conda:
+        "../envs/qatstudy.yaml"
     script:
         "../workflow_scripts/findings.py"
 
@@ -74,11 +90,13 @@ rule render_figures:
         captions=figure_captions(TABLE_FIGURES),
     output:
         figures=figure_outputs(TABLE_FIGURES),
+    log:
+        f"{LOGS}/figures.log",
+    conda:
+        "../envs/qatstudy.yaml"
     params:
         names=TABLE_FIGURES,
         bubble_batch=max(config["bench"]["batch_sizes"]),
-    log:
-        f"{LOGS}/figures.log",
     script:
         "../workflow_scripts/figures.py"
 
@@ -90,9 +108,11 @@ rule render_sensitivity_figure:
         captions=figure_captions([SENSITIVITY_FIGURE]),
     output:
         figures=figure_outputs([SENSITIVITY_FIGURE]),
-    params:
-        names=[SENSITIVITY_FIGURE],
     log:
         f"{LOGS}/figures_sensitivity.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    params:
+        names=[SENSITIVITY_FIGURE],
     script:
         "../workflow_scripts/figures.py"

@@ -4,11 +4,15 @@
 from qatstudy.config import SENSITIVITY_QUANT_OPTIONS
 
 ANALYSIS_TABLES = [f"{TABLES_DIR}/{name}.csv" for name in ("sensitivity", "variation", "variation_summary")]
-SENSITIVITY_SETTINGS = canonical({"bits": config["analysis"]["sensitivity_bits"],
-                                  "groups": config["analysis"]["sensitivity_groups"],
-                                  "val_images": config["analysis"]["val_images"],
-                                  "quant": {k: config["quant"][k] for k in SENSITIVITY_QUANT_OPTIONS},
-                                  "calibration": config["calibration"]})
+SENSITIVITY_SETTINGS = canonical(
+    {
+        "bits": config["analysis"]["sensitivity_bits"],
+        "groups": config["analysis"]["sensitivity_groups"],
+        "val_images": config["analysis"]["val_images"],
+        "quant": {k: config["quant"][k] for k in SENSITIVITY_QUANT_OPTIONS},
+        "calibration": config["calibration"],
+    }
+)
 VARIATION_SETTINGS = {"images": config["analysis"]["variation_images"]}
 
 
@@ -18,15 +22,17 @@ rule sensitivity:
         fp32=f"{RUN}/fp32/model.pt",
     output:
         f"{RUN}/analysis/sensitivity.json",
-    params:
-        identity=identity,
-        settings=SENSITIVITY_SETTINGS,
-        config_digest=config_digest(config, "fp32", sensitivity=SENSITIVITY_SETTINGS),
-    threads: cpu_share(config["threads"]["eval"])
     log:
         f"{LOGS}/sensitivity/{{model}}_seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/sensitivity/{{model}}_seed{{seed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
+    threads: cpu_share(config["threads"]["eval"])
+    params:
+        identity=identity,
+        settings=SENSITIVITY_SETTINGS,
+        config_digest=config_digest(config, "fp32", sensitivity=SENSITIVITY_SETTINGS),
     script:
         "../workflow_scripts/sensitivity.py"
 
@@ -37,15 +43,17 @@ rule variation:
         fp32=f"{RUN}/fp32/model.pt",
     output:
         f"{RUN}/analysis/variation.json",
-    params:
-        identity=identity,
-        settings=VARIATION_SETTINGS,
-        config_digest=config_digest(config, "fp32", variation=VARIATION_SETTINGS),
-    threads: cpu_share(config["threads"]["eval"])
     log:
         f"{LOGS}/variation/{{model}}_seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/variation/{{model}}_seed{{seed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
+    threads: cpu_share(config["threads"]["eval"])
+    params:
+        identity=identity,
+        settings=VARIATION_SETTINGS,
+        config_digest=config_digest(config, "fp32", variation=VARIATION_SETTINGS),
     script:
         "../workflow_scripts/variation.py"
 
@@ -58,9 +66,11 @@ rule analysis_tables:
         sensitivity=ANALYSIS_TABLES[0],
         variation=ANALYSIS_TABLES[1],
         variation_summary=ANALYSIS_TABLES[2],
-    params:
-        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     log:
         f"{LOGS}/analysis_tables.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    params:
+        allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     script:
         "../workflow_scripts/analysis_tables.py"

@@ -8,8 +8,18 @@ import yaml
 from snakemake.utils import available_cpu_count
 
 from qatstudy.data import raw_file_names
-from qatstudy.config import (bit_tags, canonical, config_digest, merged_settings, model_identity, model_objective,
-                              model_quant, ptq_seeds, qat_seeds, study_name)
+from qatstudy.config import (
+    bit_tags,
+    canonical,
+    config_digest,
+    merged_settings,
+    model_identity,
+    model_objective,
+    model_quant,
+    ptq_seeds,
+    qat_seeds,
+    study_name,
+)
 from qatstudy.workflow import WORKFLOW_CORES_ENV
 
 # Every study has its own folders, so that running another config never touches the default study's results.
@@ -32,10 +42,28 @@ BIT_TAGS = bit_tags(config["bits"])
 QAT_SEEDS = qat_seeds(config)  # per bit-width tag
 PTQ_SEEDS = ptq_seeds(config)
 RUN = f"{STUDY_RUNS}/{{model}}/seed{{seed}}"  # one FP32 model and everything made from it
-TABLES = [f"{TABLES_DIR}/{name}" for name in ("accuracy.csv", "bench.csv", "summary.md", "oscillation.csv",
-                                               "findings.csv", "findings.md",
-                                               "models.tex", "top1_by_bits.tex", "deployment.tex")]
-FIGURE_NAMES = ["accuracy_by_bits", "drop_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch"]
+TABLES = [
+    f"{TABLES_DIR}/{name}"
+    for name in (
+        "accuracy.csv",
+        "bench.csv",
+        "summary.md",
+        "oscillation.csv",
+        "findings.csv",
+        "findings.md",
+        "models.tex",
+        "top1_by_bits.tex",
+        "deployment.tex",
+    )
+]
+FIGURE_NAMES = [
+    "accuracy_by_bits",
+    "drop_by_bits",
+    "accuracy_vs_latency",
+    "size_reduction",
+    "oscillation",
+    "onnx_vs_pytorch",
+]
 FIGURE_EXTENSIONS = ["png", "svg", "html", "caption.md"]
 SENSITIVITY_FIGURES = expand(f"{FIGURES_DIR}/sensitivity.{{ext}}", ext=FIGURE_EXTENSIONS)
 FIGURES = expand(f"{FIGURES_DIR}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=FIGURE_EXTENSIONS) + SENSITIVITY_FIGURES
@@ -43,6 +71,13 @@ FIGURES = expand(f"{FIGURES_DIR}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=FIGUR
 # does not depend on the seed).
 DEPLOY_SEED = FP32_SEEDS[0]
 DEPLOYED = ["fp32"] + [f"qat_{tag}_q{QAT_SEEDS[tag][0]}" for tag in BIT_TAGS]
+# PTQ and QAT runs of one FP32 model (rules/quantize.smk), per bit-width tag and QAT seed
+PTQ_RUN = f"{RUN}/ptq_{{tag}}_q{{qseed}}"
+QAT_RUN = f"{RUN}/qat_{{tag}}_q{{qseed}}"
+# TensorRT (rules/trt.smk): the engines' batch sizes, and the benchmark files the bench table reads (none unless
+# trt.transport is set)
+TRT = config["trt"]
+TRT_BATCHES = config["bench"]["batch_sizes"]
 
 
 wildcard_constraints:
@@ -96,8 +131,13 @@ def train_settings(stage):
 def quantized_runs(pattern, seeds=QAT_SEEDS):
     """Every model x FP32 seed x bit-width x that bit-width's seeds (QAT_SEEDS or PTQ_SEEDS) instance of a pattern
     with {model}, {seed}, {tag} and {qseed}."""
-    return [pattern.format(model=m, seed=s, tag=t, qseed=q)
-            for m in MODELS for s in FP32_SEEDS for t in BIT_TAGS for q in seeds[t]]
+    return [
+        pattern.format(model=m, seed=s, tag=t, qseed=q)
+        for m in MODELS
+        for s in FP32_SEEDS
+        for t in BIT_TAGS
+        for q in seeds[t]
+    ]
 
 
 def fp32_runs(pattern):
@@ -109,3 +149,48 @@ def deployed_runs(pattern):
     """Every model's deployed variants (DEPLOYED, of FP32 seed DEPLOY_SEED) in a pattern with {model}, {seed} and
     {variant}."""
     return [pattern.format(model=m, seed=DEPLOY_SEED, variant=v) for m in MODELS for v in DEPLOYED]
+
+
+def float_precisions(variant):
+    """The TensorRT precisions of a deployed variant's float layers: the FP32 model once per trt.float_baselines, a
+    quantized model once, in trt.float_precision."""
+    return TRT["float_baselines"] if variant == "fp32" else [TRT["float_precision"]]
+
+
+def per_batch(pattern):
+    """A TensorRT pattern with {batch} for each engine batch size, other wildcards kept."""
+    return expand(pattern, batch=TRT_BATCHES, allow_missing=True)
+
+
+# the TensorRT benchmark files the bench table reads (rules/aggregate.smk)
+TRT_BENCH = (
+    [
+        f"{STUDY_RUNS}/{m}/seed{DEPLOY_SEED}/{v}/bench_trt_{p}.json"
+        for m in MODELS
+        for v in DEPLOYED
+        for p in float_precisions(v)
+    ]
+    if TRT["transport"]
+    else []
+)
+
+
+def table_report(path, caption):
+    return report(path, caption=f"../report/tables/{caption}.rst", category="Tables")
+
+
+def figure_captions(names):
+    """The caption files (report/figures/<name>.rst), inputs so that editing one re-renders its figure."""
+    return [workflow.source_path(f"../report/figures/{name}.rst") for name in names]
+
+
+def figure_outputs(names):
+    """Per figure: the print PNG, the caption as Markdown, and the SVG and interactive HTML, which the report
+    embeds under the same caption."""
+    outputs = []
+    for name in names:
+        flags = dict(caption=f"../report/figures/{name}.rst", category="Figures")
+        svg = report(f"{FIGURES_DIR}/{name}.svg", labels={"figure": name, "format": "SVG"}, **flags)
+        html = report(f"{FIGURES_DIR}/{name}.html", labels={"figure": name, "format": "interactive HTML"}, **flags)
+        outputs += [f"{FIGURES_DIR}/{name}.png", f"{FIGURES_DIR}/{name}.caption.md", svg, html]
+    return outputs

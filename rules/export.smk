@@ -9,11 +9,13 @@ rule export_onnx:
         onnx=f"{RUN}/{{variant}}/model.onnx",
         trt_onnx=f"{RUN}/{{variant}}/model_trt.onnx",
         report=f"{RUN}/{{variant}}/onnx.json",
+    log:
+        f"{LOGS}/export/{{model}}_seed{{seed}}_{{variant}}.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    threads: cpu_share(config["threads"]["eval"])
     params:
         calibration=canonical(config["calibration"]),
         config_digest=variant_digest(),  # the qat scope already holds the calibration section
-    threads: cpu_share(config["threads"]["eval"])
-    log:
-        f"{LOGS}/export/{{model}}_seed{{seed}}_{{variant}}.log",
     script:
         "../workflow_scripts/export.py"

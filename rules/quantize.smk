@@ -1,9 +1,6 @@
 # PTQ and QAT per bit-width tag (w8a8, w4a4, ...) and QAT seed, both starting from the FP32 checkpoint of one FP32
 # seed. The QAT seed fixes the calibration sample (PTQ too) and the fine-tune's data order and augmentation, so runs
-# of one FP32 model that share a QAT seed are paired.
-
-PTQ_RUN = f"{RUN}/ptq_{{tag}}_q{{qseed}}"
-QAT_RUN = f"{RUN}/qat_{{tag}}_q{{qseed}}"
+# of one FP32 model that share a QAT seed are paired. Their run folders: PTQ_RUN and QAT_RUN (rules/common.smk).
 
 
 rule ptq:
@@ -12,16 +9,18 @@ rule ptq:
         fp32=f"{RUN}/fp32/model.pt",
     output:
         metrics=f"{PTQ_RUN}/metrics.json",
+    log:
+        f"{LOGS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
+    threads: cpu_share(config["threads"]["eval"])
     params:
         identity=identity,
         quant=lambda w: MODEL_QUANT[w.model],
         calibration=canonical(config["calibration"]),
         config_digest=config_digest(config, "ptq"),
-    threads: cpu_share(config["threads"]["eval"])
-    log:
-        f"{LOGS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
-    benchmark:
-        f"{BENCHMARKS}/ptq/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
     script:
         "../workflow_scripts/ptq.py"
 
@@ -33,6 +32,13 @@ rule qat:
     output:
         checkpoint=f"{QAT_RUN}/model.pt",
         metrics=f"{QAT_RUN}/metrics.json",
+    log:
+        f"{LOGS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
+    conda:
+        "../envs/qatstudy.yaml"
+    threads: cpu_share(config["threads"]["train"])
     params:
         identity=identity,
         settings=train_settings("qat"),
@@ -40,10 +46,5 @@ rule qat:
         quant=lambda w: MODEL_QUANT[w.model],
         calibration=canonical(config["calibration"]),
         config_digest=config_digest(config, "qat"),
-    threads: cpu_share(config["threads"]["train"])
-    log:
-        f"{LOGS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.log",
-    benchmark:
-        f"{BENCHMARKS}/qat/{{model}}_seed{{seed}}_{{tag}}_q{{qseed}}.tsv"
     script:
         "../workflow_scripts/qat.py"

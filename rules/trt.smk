@@ -5,46 +5,27 @@
 # nothing. Jobs on the device take one `trt_device` resource: the profile's pool of one runs them one at a time.
 #
 # {precision} is the precision of the layers outside Q/DQ pairs: the FP32 model is built once per
-# trt.float_baselines (its FP32 and FP16 baselines), a quantized model once, in trt.float_precision.
+# trt.float_baselines (its FP32 and FP16 baselines), a quantized model once, in trt.float_precision
+# (common.smk's float_precisions; TRT_BENCH there lists the benchmark files the bench table reads).
 
 from qatstudy.trt import BENCH_SETTINGS, BUILD_SETTINGS
 
-TRT = config["trt"]
 if TRT["strongly_typed"] and {TRT["float_precision"], *TRT["float_baselines"]} != {"fp32"}:
-    raise ValueError("trt.strongly_typed takes every type from the ONNX files, whose float layers are FP32: set "
-                     "trt.float_precision to fp32 and trt.float_baselines to [fp32]")
-TRT_RUN = RUN + "/{variant}/trt/{precision}"
-TRT_BATCHES = config["bench"]["batch_sizes"]
+    raise ValueError(
+        "trt.strongly_typed takes every type from the ONNX files, whose float layers are FP32: set "
+        "trt.float_precision to fp32 and trt.float_baselines to [fp32]"
+    )
+TRT_RUN = f"{RUN}/{{variant}}/trt/{{precision}}"
 TRT_BUILD_SETTINGS = canonical({k: TRT[k] for k in BUILD_SETTINGS})
 TRT_BENCH_SETTINGS = canonical({k: TRT[k] for k in BENCH_SETTINGS})
-
-
-def float_precisions(variant):
-    return TRT["float_baselines"] if variant == "fp32" else [TRT["float_precision"]]
-
-
-# the TensorRT benchmark files the tables read (aggregate's bench input)
-TRT_BENCH = [f"{STUDY_RUNS}/{m}/seed{DEPLOY_SEED}/{v}/bench_trt_{p}.json" for m in MODELS for v in DEPLOYED
-             for p in float_precisions(v)] if TRT["transport"] else []
+# A local GPU benchmark runs alone on the machine (trtexec drives the GPU from a CPU thread); over ssh the
+# workstation only waits.
+TRT_THREADS = alone(1) if TRT["transport"] == "local" else 1
 
 
 wildcard_constraints:
     batch=r"\d+",
     precision="fp16|fp32",
-
-
-def trt_threads():
-    """A local GPU benchmark runs alone on the machine (trtexec drives the GPU from a CPU thread); over ssh
-    the workstation only waits."""
-    return alone(1) if TRT["transport"] == "local" else 1
-
-
-def per_batch(pattern):
-    return expand(pattern, batch=TRT_BATCHES, allow_missing=True)
-
-
-def build_settings(wildcards):
-    return canonical({**TRT_BUILD_SETTINGS, "float_precision": wildcards.precision})
 
 
 rule trt_build:
@@ -55,14 +36,16 @@ rule trt_build:
         engine=f"{TRT_RUN}/b{{batch}}.engine",
         layers=f"{TRT_RUN}/b{{batch}}.layers.json",
         record=f"{TRT_RUN}/b{{batch}}.build.json",
-    params:
-        build=build_settings,
-        config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS),
-    resources:
-        trt_device=1,
-    threads: trt_threads()
     log:
         f"{LOGS}/trt_build/{{model}}_seed{{seed}}_{{variant}}_{{precision}}_b{{batch}}.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    threads: TRT_THREADS
+    resources:
+        trt_device=1,
+    params:
+        build=lambda w: canonical({**TRT_BUILD_SETTINGS, "float_precision": w.precision}),
+        config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS),
     script:
         "../workflow_scripts/trt_build.py"
 
@@ -75,13 +58,15 @@ rule trt_bench:
     output:
         result=f"{RUN}/{{variant}}/bench_trt_{{precision}}.json",
         profiles=per_batch(f"{TRT_RUN}/b{{batch}}.profile.json"),
+    log:
+        f"{LOGS}/trt_bench/{{model}}_seed{{seed}}_{{variant}}_{{precision}}.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    threads: TRT_THREADS
+    resources:
+        trt_device=1,
     params:
         bench=TRT_BENCH_SETTINGS,
         config_digest=variant_digest(trt_build=TRT_BUILD_SETTINGS, trt_bench=TRT_BENCH_SETTINGS),
-    resources:
-        trt_device=1,
-    threads: trt_threads()
-    log:
-        f"{LOGS}/trt_bench/{{model}}_seed{{seed}}_{{variant}}_{{precision}}.log",
     script:
         "../workflow_scripts/trt_bench.py"

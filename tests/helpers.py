@@ -19,8 +19,10 @@ from qatstudy.data import prepare_splits
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
-needs_fashion_mnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                                         reason="Debian's dataset-fashion-mnist is not installed (./bootstrap installs it)")
+needs_fashion_mnist = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed (./bootstrap installs it)",
+)
 
 
 def free_port() -> int:
@@ -53,15 +55,19 @@ def make_tiny_dataset(folder: Path, n_train: int = 120, n_test: int = 40, val_si
         x = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
         for i, c in enumerate(labels):
             r, col = divmod(int(c), 4)
-            x[i, r * 9: r * 9 + 7, col * 7: col * 7 + 7] += 180
+            x[i, r * 9 : r * 9 + 7, col * 7 : col * 7 + 7] += 180
         return x
 
     y_train = np.arange(n_train) % 10
     y_test = rng.permutation(np.arange(n_test) % 10)
     raw = folder / "raw"
     raw.mkdir(parents=True)
-    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-             "t10k-labels-idx1-ubyte.gz")
+    names = (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    )
     for name, arr in zip(names, (images(y_train), y_train, images(y_test), y_test)):
         _write_idx(raw / name, arr)
     out = folder / "splits.npz"

@@ -17,7 +17,10 @@ from qatstudy.aggregate import accuracy_table, bench_table, deployment_table, su
 from qatstudy.io import write_csv, write_text
 from qatstudy.tables import latex_table, markdown_table
 
-MODELS = {"resnet_t": ("cnn", "resnet10t", 1_234_567, 4_938_268), "vit_t": ("vit", "vit_convstem_tiny", 200_000, 800_000)}
+MODELS = {
+    "resnet_t": ("cnn", "resnet10t", 1_234_567, 4_938_268),
+    "vit_t": ("vit", "vit_convstem_tiny", 200_000, 800_000),
+}
 VARIANTS = {"fp32": ("fp32", 32, 32), "ptq_w4a4": ("ptq", 4, 4), "qat_w4a4": ("qat", 4, 4), "qat_w8a8": ("qat", 8, 8)}
 DEPLOYED = ("fp32", "qat_w4a4", "qat_w8a8")
 BASE_TOP1 = {"fp32": 90.0, "ptq_w4a4": 40.0, "qat_w4a4": 88.0, "qat_w8a8": 89.5}
@@ -54,38 +57,95 @@ def make_runs(root: Path, seeds=(0, 1)) -> dict[str, list[str]]:
         for seed in seeds:
             for variant, (method, w, a) in VARIANTS.items():
                 folder = root / "runs" / model / f"seed{seed}" / variant
-                identity = {"model": model, "family": family, "arch": arch, "kwargs": {}, "method": method,
-                            "w_bits": w, "a_bits": a, "seed": seed}
-                metrics = {**identity, "input_shape": [1, 28, 28], "params": params,
-                           "val_top1": top1(model, variant, seed) + 1, "test_top1": top1(model, variant, seed),
-                           "fp32_bytes": fp32_bytes, "packed_bytes": packed(model, w)}
+                identity = {
+                    "model": model,
+                    "family": family,
+                    "arch": arch,
+                    "kwargs": {},
+                    "method": method,
+                    "w_bits": w,
+                    "a_bits": a,
+                    "seed": seed,
+                }
+                metrics = {
+                    **identity,
+                    "input_shape": [1, 28, 28],
+                    "params": params,
+                    "val_top1": top1(model, variant, seed) + 1,
+                    "test_top1": top1(model, variant, seed),
+                    "fp32_bytes": fp32_bytes,
+                    "packed_bytes": packed(model, w),
+                }
                 if method != "fp32":
-                    metrics["quant"] = {"w_bits": w, "a_bits": a, "first_last_bits": 8,
-                                        **({"depthwise_input_bits": 8} if model == "resnet_t" else {})}
+                    metrics["quant"] = {
+                        "w_bits": w,
+                        "a_bits": a,
+                        "first_last_bits": 8,
+                        **({"depthwise_input_bits": 8} if model == "resnet_t" else {}),
+                    }
                 if method == "ptq":
                     metrics.update(calibration="mse", calib_images=512, calib_time_s=1.5)
                 else:
-                    metrics.update(history=[{"epoch": 1, "train_loss": 0.5, "val_top1": 80.0, "epoch_time_s": 1.0,
-                                             "images_per_s": 100.0}], best_epoch=1, train_time_s=1.0)
+                    metrics.update(
+                        history=[
+                            {
+                                "epoch": 1,
+                                "train_loss": 0.5,
+                                "val_top1": 80.0,
+                                "epoch_time_s": 1.0,
+                                "images_per_s": 100.0,
+                            }
+                        ],
+                        best_epoch=1,
+                        train_time_s=1.0,
+                    )
                 if method == "qat":
-                    metrics["objective"] = {"distill_weight": 0.0, "freeze_threshold": 0.02 if model == "vit_t" else None}
+                    metrics["objective"] = {
+                        "distill_weight": 0.0,
+                        "freeze_threshold": 0.02 if model == "vit_t" else None,
+                    }
                 files["metrics"].append(_write(folder / "metrics.json", metrics))
                 if variant not in DEPLOYED:
                     continue
                 if (model, seed, variant) != NOT_EXPORTED:
-                    files["onnx"].append(_write(folder / "onnx.json", {
-                        "onnx_top1": top1(model, variant, seed) - 0.5, "onnx_bytes": onnx_bytes(model, w), "opset": 17,
-                        "max_abs_diff_vs_torch": 1e-3, "argmax_agreement_vs_torch": 1.0}))
-                rows = [{"backend": "onnxruntime-cpu", "batch": b, "threads": 1, "iterations": 50,
-                         "latency_ms_p50": latency(model, w, b, seed), "latency_ms_p99": 1.5 * latency(model, w, b, seed),
-                         "latency_ms_mean": 1.1 * latency(model, w, b, seed),
-                         "throughput_ips": b * 1000 / (1.1 * latency(model, w, b, seed)),
-                         "model_bytes": onnx_bytes(model, w), "onnx_bytes": onnx_bytes(model, w),
-                         "peak_mem_bytes": 3_000_000 + b * 1000}
-                        for b in BATCHES]
-                files["bench"].append(_write(folder / "bench_cpu.json", {**{k: identity[k] for k in (
-                    "model", "family", "method", "w_bits", "a_bits", "seed")}, "packed_bytes": packed(model, w),
-                    "rows": rows}))
+                    files["onnx"].append(
+                        _write(
+                            folder / "onnx.json",
+                            {
+                                "onnx_top1": top1(model, variant, seed) - 0.5,
+                                "onnx_bytes": onnx_bytes(model, w),
+                                "opset": 17,
+                                "max_abs_diff_vs_torch": 1e-3,
+                                "argmax_agreement_vs_torch": 1.0,
+                            },
+                        )
+                    )
+                rows = [
+                    {
+                        "backend": "onnxruntime-cpu",
+                        "batch": b,
+                        "threads": 1,
+                        "iterations": 50,
+                        "latency_ms_p50": latency(model, w, b, seed),
+                        "latency_ms_p99": 1.5 * latency(model, w, b, seed),
+                        "latency_ms_mean": 1.1 * latency(model, w, b, seed),
+                        "throughput_ips": b * 1000 / (1.1 * latency(model, w, b, seed)),
+                        "model_bytes": onnx_bytes(model, w),
+                        "onnx_bytes": onnx_bytes(model, w),
+                        "peak_mem_bytes": 3_000_000 + b * 1000,
+                    }
+                    for b in BATCHES
+                ]
+                files["bench"].append(
+                    _write(
+                        folder / "bench_cpu.json",
+                        {
+                            **{k: identity[k] for k in ("model", "family", "method", "w_bits", "a_bits", "seed")},
+                            "packed_bytes": packed(model, w),
+                            "rows": rows,
+                        },
+                    )
+                )
     return files
 
 
@@ -143,12 +203,16 @@ def test_accuracy_table_objective_column(tables):
 def test_top1_note_names_quant_and_objective_options_that_differ_between_models(tables, tmp_path):
     acc, b = tables
     note = summary_tables(acc, b, qat_bits=4)["top1_by_bits"].note
-    assert ("Quant options that differ between models (accuracy.csv, quant column): depthwise_input_bits: resnet_t 8, "
-            "vit_t –. QAT objective options that differ between models (accuracy.csv, objective column): "
-            "freeze_threshold: resnet_t –, vit_t 0.02.") in note
+    assert (
+        "Quant options that differ between models (accuracy.csv, quant column): depthwise_input_bits: resnet_t 8, "
+        "vit_t –. QAT objective options that differ between models (accuracy.csv, objective column): "
+        "freeze_threshold: resnet_t –, vit_t 0.02."
+    ) in note
     assert "first_last_bits" not in note and "distill_weight" not in note  # the same for both models
-    alike = acc.assign(quant=acc.quant.where(acc.quant.isna(), '{"first_last_bits": 8}'),
-                       objective=acc.objective.where(acc.objective.isna(), '{"distill_weight": 0.0}'))
+    alike = acc.assign(
+        quant=acc.quant.where(acc.quant.isna(), '{"first_last_bits": 8}'),
+        objective=acc.objective.where(acc.objective.isna(), '{"distill_weight": 0.0}'),
+    )
     assert "options" not in summary_tables(alike, b, qat_bits=4)["top1_by_bits"].note
 
 
@@ -171,8 +235,20 @@ def test_accuracy_table_without_onnx_files(runs):
 
 def test_bench_table(tables, runs):
     _, b = tables
-    required = ["model", "family", "method", "w_bits", "a_bits", "backend", "batch", "latency_ms_p50",
-                "latency_ms_p99", "throughput_ips", "model_bytes", "peak_mem_bytes"]
+    required = [
+        "model",
+        "family",
+        "method",
+        "w_bits",
+        "a_bits",
+        "backend",
+        "batch",
+        "latency_ms_p50",
+        "latency_ms_p99",
+        "throughput_ips",
+        "model_bytes",
+        "peak_mem_bytes",
+    ]
     assert set(required) <= set(b.columns)
     assert len(b) == len(runs["bench"]) * len(BATCHES)
     assert sorted(set(b.batch)) == list(BATCHES)
@@ -188,17 +264,46 @@ def test_bench_table(tables, runs):
 
 def test_bench_table_keeps_tensorrt_precisions_apart(tmp_path):
     """The FP32 model's FP32 and FP16 engines are two rows of the deployment table, not one averaged."""
-    identity = {"model": "resnet_t", "family": "cnn", "method": "fp32", "w_bits": 32, "a_bits": 32, "seed": 0,
-                "packed_bytes": 100}
-    files = [_write(tmp_path / f"bench_trt_{p}.json", {**identity, "rows": [
-        {"backend": "tensorrt", "precision": p, "batch": 1, "threads": None, "latency_ms_p50": ms,
-         "latency_ms_p99": ms, "latency_ms_mean": ms, "throughput_ips": 1000 / ms, "model_bytes": 10, "onnx_bytes": 20,
-         "peak_mem_bytes": 30}]}) for p, ms in (("fp32", 0.4), ("fp16", 0.25))]
+    identity = {
+        "model": "resnet_t",
+        "family": "cnn",
+        "method": "fp32",
+        "w_bits": 32,
+        "a_bits": 32,
+        "seed": 0,
+        "packed_bytes": 100,
+    }
+    files = [
+        _write(
+            tmp_path / f"bench_trt_{p}.json",
+            {
+                **identity,
+                "rows": [
+                    {
+                        "backend": "tensorrt",
+                        "precision": p,
+                        "batch": 1,
+                        "threads": None,
+                        "latency_ms_p50": ms,
+                        "latency_ms_p99": ms,
+                        "latency_ms_mean": ms,
+                        "throughput_ips": 1000 / ms,
+                        "model_bytes": 10,
+                        "onnx_bytes": 20,
+                        "peak_mem_bytes": 30,
+                    }
+                ],
+            },
+        )
+        for p, ms in (("fp32", 0.4), ("fp16", 0.25))
+    ]
     b = bench_table(files)
     assert list(b.precision) == ["fp16", "fp32"] and list(b.latency_ms_p50) == [0.25, 0.4]
     rows = _table(markdown_table(deployment_table(b)), "Model | Variant")
     assert [(r["Variant"], r["Backend"], r["Precision"], r["Latency p50 (ms)"]) for r in rows] == [
-        ("FP32", "tensorrt", "fp16", "0.250"), ("FP32", "tensorrt", "fp32", "0.400")]
+        ("FP32", "tensorrt", "fp16", "0.250"),
+        ("FP32", "tensorrt", "fp32", "0.400"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +316,7 @@ def _table(text: str, first_header: str) -> list[dict[str, str]]:
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -248,16 +353,27 @@ def test_summary_markdown_two_seeds(tables):
     assert {r["Variant"] for r in bench_rows} == {"FP32", "QAT W4A4", "QAT W8A8"}
     one = next(r for r in bench_rows if r["Model"] == "vit_t" and r["Variant"] == "QAT W4A4" and r["Batch"] == "64")
     latencies = pd.Series([latency("vit_t", 4, 64, s) for s in (0, 1)])
-    assert _cell(one, "Latency p50") == f"{latencies.mean():.3f} ± {12.706 * latencies.std() / 2 ** 0.5:.3f} (n=2)" == "64.050 ± 0.635 (n=2)"
+    assert (
+        _cell(one, "Latency p50")
+        == f"{latencies.mean():.3f} ± {12.706 * latencies.std() / 2**0.5:.3f} (n=2)"
+        == "64.050 ± 0.635 (n=2)"
+    )
     throughputs = 64_000 / (1.1 * latencies)
-    assert _cell(one, "Throughput") == f"{throughputs.mean():.0f} ± {12.706 * throughputs.std() / 2 ** 0.5:.0f} (n=2)"
+    assert _cell(one, "Throughput") == f"{throughputs.mean():.0f} ± {12.706 * throughputs.std() / 2**0.5:.0f} (n=2)"
     assert _cell(one, "Model file") == f"{onnx_bytes('vit_t', 4) / 1e6:.3f} ± 0.000 (n=2)"
     assert [(r["Model"], r["Variant"], r["Batch"]) for r in bench_rows][:3] == [
-        ("resnet_t", "FP32", "1"), ("resnet_t", "FP32", "64"), ("resnet_t", "QAT W8A8", "1")]
+        ("resnet_t", "FP32", "1"),
+        ("resnet_t", "FP32", "64"),
+        ("resnet_t", "QAT W8A8", "1"),
+    ]
     # the top-1 by bits table: PTQ and QAT rows per model, FP32 and every bit-width as columns
     by_bits = _table(text, "Model | Family | Method")
-    assert [(r["Model"], r["Method"]) for r in by_bits] == [("resnet_t", "PTQ"), ("resnet_t", "QAT"),
-                                                            ("vit_t", "PTQ"), ("vit_t", "QAT")]
+    assert [(r["Model"], r["Method"]) for r in by_bits] == [
+        ("resnet_t", "PTQ"),
+        ("resnet_t", "QAT"),
+        ("vit_t", "PTQ"),
+        ("vit_t", "QAT"),
+    ]
     assert list(by_bits[0])[3:] == ["FP32", "W8A8", "W4A4"]
     resnet_ptq, resnet_qat = by_bits[:2]
     assert resnet_ptq["FP32"] == resnet_qat["FP32"] == "91.00 ± 12.71 (n=2)"
@@ -278,6 +394,20 @@ def test_summary_markdown_other_bits_and_one_seed(tmp_path):
     assert _cell(_table(text, "Model | Variant")[0], "Latency p50") == f"{latency('resnet_t', 32, 1, 0):.3f}"
     no_bench = summary_markdown(acc, b.iloc[0:0], qat_bits=8)
     assert "Latency" not in no_bench and "| resnet_t |" in no_bench
+
+
+def test_summary_from_the_written_tables_is_the_summary_of_the_tables(tables, tmp_path):
+    """The summary_tables rule reads accuracy.csv and bench.csv back (their writers' rules are apart, so that
+    `snakemake bench` needs no accuracy run): its Markdown and LaTeX are those of the tables in memory."""
+    acc, b = tables
+    for bench in (b, b.iloc[0:0]):  # benchmarks, and none (bench.csv holds its header alone)
+        write_csv(acc, tmp_path / "accuracy.csv")
+        write_csv(bench, tmp_path / "bench.csv")
+        acc_back, bench_back = pd.read_csv(tmp_path / "accuracy.csv"), pd.read_csv(tmp_path / "bench.csv")
+        assert summary_markdown(acc_back, bench_back, qat_bits=4) == summary_markdown(acc, bench, qat_bits=4)
+        expected = summary_tables(acc, bench, qat_bits=4)
+        for name, table in summary_tables(acc_back, bench_back, qat_bits=4).items():
+            assert latex_table(table, label=name) == latex_table(expected[name], label=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,15 +466,24 @@ def test_write_text_atomic(tmp_path, monkeypatch):
 def test_oscillation_table_has_a_row_per_qat_epoch_and_layer(tmp_path):
     from qatstudy.aggregate import oscillation_table
 
-    history = [{"epoch": e, "oscillating_share": 0.1 * e, "frozen_share": 0.0,
-                "layers": {"conv1": {"oscillating": 0.2 * e, "frozen": 0.0}, "fc": {"oscillating": 0.0, "frozen": 0.0}}}
-               for e in (1, 2)]
+    history = [
+        {
+            "epoch": e,
+            "oscillating_share": 0.1 * e,
+            "frozen_share": 0.0,
+            "layers": {"conv1": {"oscillating": 0.2 * e, "frozen": 0.0}, "fc": {"oscillating": 0.0, "frozen": 0.0}},
+        }
+        for e in (1, 2)
+    ]
     files = []
     for method, hist in [("qat", history), ("fp32", [{"epoch": 1, "val_top1": 50.0}])]:
         path = tmp_path / method / "metrics.json"
         path.parent.mkdir()
-        path.write_text(json.dumps({"model": "m", "family": "cnn", "method": method, "w_bits": 4, "a_bits": 4,
-                                    "seed": 0, "history": hist}))
+        path.write_text(
+            json.dumps(
+                {"model": "m", "family": "cnn", "method": method, "w_bits": 4, "a_bits": 4, "seed": 0, "history": hist}
+            )
+        )
         files.append(str(path))
     table = oscillation_table(files)
     assert len(table) == 2 * 3  # (all) + two layers, per epoch; the FP32 run has none
@@ -381,7 +520,7 @@ def test_latex_tables_well_formed(tables):
         assert rf"\label{{tab:{name}}}" in tex and _braces_balanced(tex)
         spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
         assert len(spec) == len(table.columns)
-        body = lines[lines.index(r"\toprule") + 1:lines.index(r"\bottomrule")]
+        body = lines[lines.index(r"\toprule") + 1 : lines.index(r"\bottomrule")]
         assert body[1] == r"\midrule" and len(body) == len(table.rows) + 2
         for line in [body[0]] + body[2:]:
             assert line.endswith(r" \\") and _unescaped(line, "&") == len(table.columns) - 1, line

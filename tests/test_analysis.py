@@ -11,11 +11,11 @@ import yaml
 from snakemake.utils import validate
 from torch import nn
 
+from helpers import SCHEMA_PATH, make_tiny_dataset
 from qatstudy import analysis, quant, stages
 from qatstudy.batches import Splits
 from qatstudy.models import create_model
 from qatstudy.train import evaluate
-from helpers import SCHEMA_PATH, make_tiny_dataset
 
 torch.set_num_threads(1)
 
@@ -24,7 +24,12 @@ VIT = ("vit_convstem_tiny", {"embed_dim": 16, "depth": 1, "num_heads": 2})
 SWIN = ("swin_convstem_tiny", {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2]})
 RESNET = ("resnet10t", {})
 # what a job records about itself (qatstudy.provenance); the tables carry its hash and commit per row
-PROVENANCE = {"config_hash": "0123456789abcdef", "config_scope": "fp32+sensitivity", "git_commit": "c0ffee", "git_dirty": False}
+PROVENANCE = {
+    "config_hash": "0123456789abcdef",
+    "config_scope": "fp32+sensitivity",
+    "git_commit": "c0ffee",
+    "git_dirty": False,
+}
 
 
 def tiny(arch_kwargs: tuple[str, dict]) -> nn.Module:
@@ -97,14 +102,19 @@ def test_sensitivity_quantizes_one_group_at_a_time(data, monkeypatch):
     quantized_in_eval = []
 
     def spy(m, x, y):  # which modules each evaluated model has quantized
-        quantized_in_eval.append(sorted([n for n, _ in quant.quant_modules(m)]
-                                        + [n for n, a in m.named_modules() if isinstance(a, quant.QuantViTAttention)]))
+        quantized_in_eval.append(
+            sorted(
+                [n for n, _ in quant.quant_modules(m)]
+                + [n for n, a in m.named_modules() if isinstance(a, quant.QuantViTAttention)]
+            )
+        )
         return evaluate(m, x, y)
 
     monkeypatch.setattr(analysis, "evaluate", spy)
     splits = Splits(data)
-    rows = analysis.sensitivity(model, splits, bits=[3], calibration="minmax", calib_images=32, val_images=30,
-                                log=lambda _: None)
+    rows = analysis.sensitivity(
+        model, splits, bits=[3], calibration="minmax", calib_images=32, val_images=30, log=lambda _: None
+    )
     assert [r["group"] for r in rows] == [*groups, "all"]
     assert quantized_in_eval[0] == []  # the FP32 reference
     for row, names in zip(rows, quantized_in_eval[1:]):
@@ -117,11 +127,25 @@ def test_sensitivity_quantizes_one_group_at_a_time(data, monkeypatch):
 
 
 def test_sensitivity_group_selection(data):
-    rows = analysis.sensitivity(tiny(RESNET), Splits(data), bits=[4, 2], groups=["head", "qkv", "stage4"],
-                                calibration="minmax", calib_images=16, val_images=8, log=lambda _: None)
+    rows = analysis.sensitivity(
+        tiny(RESNET),
+        Splits(data),
+        bits=[4, 2],
+        groups=["head", "qkv", "stage4"],
+        calibration="minmax",
+        calib_images=16,
+        val_images=8,
+        log=lambda _: None,
+    )
     # a group this model lacks (qkv) is skipped, not an error: configs mix CNNs and ViTs
-    assert [(r["w_bits"], r["group"]) for r in rows] == [(4, "stage4"), (4, "head"), (4, "all"),
-                                                          (2, "stage4"), (2, "head"), (2, "all")]
+    assert [(r["w_bits"], r["group"]) for r in rows] == [
+        (4, "stage4"),
+        (4, "head"),
+        (4, "all"),
+        (2, "stage4"),
+        (2, "head"),
+        (2, "all"),
+    ]
 
 
 def test_unknown_group_names_are_rejected_clearly(data):
@@ -138,10 +162,25 @@ def test_schema_defaults_and_group_names_agree_with_the_code():
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config.pop("analysis")
     validate(config, schema)
-    assert config["analysis"] == {"sensitivity_bits": [4, 2], "sensitivity_groups": None, "val_images": None,
-                                  "variation_images": 256}
-    names = ["stem", "stage1", "stage12", "qkv", "attention_map", "attn_proj", "fc1", "fc2", "patch_merging", "other",
-             "head"]
+    assert config["analysis"] == {
+        "sensitivity_bits": [4, 2],
+        "sensitivity_groups": None,
+        "val_images": None,
+        "variation_images": 256,
+    }
+    names = [
+        "stem",
+        "stage1",
+        "stage12",
+        "qkv",
+        "attention_map",
+        "attn_proj",
+        "fc1",
+        "fc2",
+        "patch_merging",
+        "other",
+        "head",
+    ]
     config["analysis"] = {"sensitivity_groups": names}
     validate(config, schema)
     analysis.check_group_names(names)
@@ -151,8 +190,9 @@ def test_tensor_stats_by_hand():
     x = torch.tensor([[1.0, -1.0], [3.0, -3.0]])
     stats = analysis.tensor_stats(x, channel_dim=0)
     # per-channel max |x| = [1, 3]: std 1 / mean 2; mean 0, var (1+1+9+9)/4 = 5, m4 (1+1+81+81)/4 = 41
-    assert stats == pytest.approx({"range_min": -3.0, "range_max": 3.0, "channel_cv": 0.5, "kurtosis": 41 / 25,
-                                   "outlier_ratio": 0.0})
+    assert stats == pytest.approx(
+        {"range_min": -3.0, "range_max": 3.0, "channel_cv": 0.5, "kurtosis": 41 / 25, "outlier_ratio": 0.0}
+    )
     assert analysis.tensor_stats(x, channel_dim=1)["channel_cv"] == 0.0  # both columns reach 3
     spike = torch.zeros(1, 100)
     spike[0, 7] = 10.0  # mean 0.1, std 0.995: only the spike is beyond 3 std
@@ -181,18 +221,28 @@ def test_variation_describes_what_the_quantizers_see():
     model(images)
     layers = [name for name, _ in quant.quantizable_layers(model)]
     attention = [f"blocks.0.attn.{t}" for t in ("q", "k", "v", "softmax")]
-    assert set(rows) == {(n, k) for n in layers for k in ("weight", "activation")} | {(n, "activation")
-                                                                                     for n in attention}
-    assert rows["head", "weight"] == {"layer": "head", "group": "head", "kind": "weight",
-                                      **analysis.tensor_stats(model.head.weight, 0)}
+    assert set(rows) == {(n, k) for n in layers for k in ("weight", "activation")} | {
+        (n, "activation") for n in attention
+    }
+    assert rows["head", "weight"] == {
+        "layer": "head",
+        "group": "head",
+        "kind": "weight",
+        **analysis.tensor_stats(model.head.weight, 0),
+    }
     # approx: the probe runs timm's unfused attention path, the float model its fused kernel
     head_input = rows["head", "activation"]
     assert (head_input["group"], head_input["kind"]) == ("head", "activation")
     assert {k: head_input[k] for k in analysis.STAT_COLUMNS} == pytest.approx(
-        analysis.tensor_stats(head_inputs[0], -1), rel=1e-6)
+        analysis.tensor_stats(head_inputs[0], -1), rel=1e-6
+    )
     assert rows["blocks.0.attn.softmax", "activation"]["group"] == "attention_map"
-    assert 0.0 <= rows["blocks.0.attn.softmax", "activation"]["range_min"] <= rows["blocks.0.attn.softmax",
-                                                                                   "activation"]["range_max"] <= 1.0
+    assert (
+        0.0
+        <= rows["blocks.0.attn.softmax", "activation"]["range_min"]
+        <= rows["blocks.0.attn.softmax", "activation"]["range_max"]
+        <= 1.0
+    )
     assert not list(quant.quant_modules(model))
 
 
@@ -201,32 +251,87 @@ def test_stages_write_json_and_the_tables_have_the_agreed_columns(data, tmp_path
     for name, arch_kwargs, family in (("vit", VIT, "vit"), ("cnn", RESNET, "cnn")):
         checkpoint = tmp_path / name / "model.pt"
         checkpoint.parent.mkdir()
-        stages.save_checkpoint(checkpoint, tiny(arch_kwargs), arch=arch_kwargs[0], kwargs=arch_kwargs[1],
-                               num_classes=10, image_shape=(1, 28, 28), scheme=None)
+        stages.save_checkpoint(
+            checkpoint,
+            tiny(arch_kwargs),
+            arch=arch_kwargs[0],
+            kwargs=arch_kwargs[1],
+            num_classes=10,
+            image_shape=(1, 28, 28),
+            scheme=None,
+        )
         identity = {"model": name, "family": family, "arch": arch_kwargs[0], "kwargs": arch_kwargs[1]}
         for kind in files:
             files[kind].append(str(tmp_path / name / f"{kind}.json"))
-        analysis.analyse_sensitivity(data=str(data), fp32_checkpoint=str(checkpoint), identity=identity, seed=0,
-                                     bits=[4], groups=["stem", "head"], quant_options={"weight_per_channel": True},
-                                     calibration="minmax", calib_images=16, val_images=10,
-                                     output=files["sensitivity"][-1], provenance=PROVENANCE, log=lambda _: None)
-        analysis.analyse_variation(data=str(data), fp32_checkpoint=str(checkpoint), identity=identity, seed=0,
-                                   images=8, output=files["variation"][-1], provenance=PROVENANCE, log=lambda _: None)
+        analysis.analyse_sensitivity(
+            data=str(data),
+            fp32_checkpoint=str(checkpoint),
+            identity=identity,
+            seed=0,
+            bits=[4],
+            groups=["stem", "head"],
+            quant_options={"weight_per_channel": True},
+            calibration="minmax",
+            calib_images=16,
+            val_images=10,
+            output=files["sensitivity"][-1],
+            provenance=PROVENANCE,
+            log=lambda _: None,
+        )
+        analysis.analyse_variation(
+            data=str(data),
+            fp32_checkpoint=str(checkpoint),
+            identity=identity,
+            seed=0,
+            images=8,
+            output=files["variation"][-1],
+            provenance=PROVENANCE,
+            log=lambda _: None,
+        )
     sensitivity = analysis.sensitivity_table(files["sensitivity"])
-    assert list(sensitivity.columns) == ["model", "family", "seed", "group", "w_bits", "a_bits", "top1", "fp32_top1",
-                                         "drop", "config_hash", "git_commit", "git_dirty"]
+    assert list(sensitivity.columns) == [
+        "model",
+        "family",
+        "seed",
+        "group",
+        "w_bits",
+        "a_bits",
+        "top1",
+        "fp32_top1",
+        "drop",
+        "config_hash",
+        "git_commit",
+        "git_dirty",
+    ]
     assert set(sensitivity.config_hash) == {PROVENANCE["config_hash"]}
     assert list(sensitivity["model"]) == ["cnn"] * 3 + ["vit"] * 3
     assert list(sensitivity["group"]) == ["stem", "head", "all"] * 2
     variation = analysis.variation_table(files["variation"])
-    assert list(variation.columns) == ["model", "family", "seed", "layer", "group", "kind", "range_min", "range_max",
-                                       "channel_cv", "kurtosis", "outlier_ratio", "config_hash", "git_commit",
-                                       "git_dirty"]
+    assert list(variation.columns) == [
+        "model",
+        "family",
+        "seed",
+        "layer",
+        "group",
+        "kind",
+        "range_min",
+        "range_max",
+        "channel_cv",
+        "kurtosis",
+        "outlier_ratio",
+        "config_hash",
+        "git_commit",
+        "git_dirty",
+    ]
     assert set(variation.git_commit) == {PROVENANCE["git_commit"]}
     summary = analysis.variation_summary(variation)
     assert list(summary[["family", "kind", "scope"]].itertuples(index=False, name=None)) == [
-        ("cnn", "activation", "layers"), ("cnn", "weight", "layers"), ("vit", "activation", "attention_map"),
-        ("vit", "activation", "layers"), ("vit", "weight", "layers")]
+        ("cnn", "activation", "layers"),
+        ("cnn", "weight", "layers"),
+        ("vit", "activation", "attention_map"),
+        ("vit", "activation", "layers"),
+        ("vit", "weight", "layers"),
+    ]
     vit_weights = variation[(variation["family"] == "vit") & (variation["kind"] == "weight")]
     assert summary.iloc[-1]["tensors"] == len(vit_weights)
     assert summary.iloc[-1]["kurtosis"] == pytest.approx(vit_weights["kurtosis"].mean())
@@ -234,8 +339,21 @@ def test_stages_write_json_and_the_tables_have_the_agreed_columns(data, tmp_path
 
 def test_analysis_refuses_a_quantized_checkpoint(data, tmp_path):
     model = quant.quantize_model(tiny(VIT), quant.QuantScheme(4, 4))
-    stages.save_checkpoint(tmp_path / "model.pt", model, arch=VIT[0], kwargs=VIT[1], num_classes=10,
-                           image_shape=(1, 28, 28), scheme=quant.QuantScheme(4, 4))
+    stages.save_checkpoint(
+        tmp_path / "model.pt",
+        model,
+        arch=VIT[0],
+        kwargs=VIT[1],
+        num_classes=10,
+        image_shape=(1, 28, 28),
+        scheme=quant.QuantScheme(4, 4),
+    )
     with pytest.raises(ValueError, match="FP32 model"):
-        analysis.analyse_variation(data=str(data), fp32_checkpoint=str(tmp_path / "model.pt"), identity={}, seed=0,
-                                   images=4, output=str(tmp_path / "v.json"))
+        analysis.analyse_variation(
+            data=str(data),
+            fp32_checkpoint=str(tmp_path / "model.pt"),
+            identity={},
+            seed=0,
+            images=4,
+            output=str(tmp_path / "v.json"),
+        )

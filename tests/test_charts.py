@@ -95,7 +95,10 @@ def test_model_palette_keeps_family_hues(tables):
         assert color in charts.FAMILY_SHADES[family]
     assert len(set(palette.range)) == len(palette.range)
     family = charts.family_palette()
-    assert family.domain == ["CNN", "ViT"] and family.range == [charts.FAMILY_COLORS["cnn"], charts.FAMILY_COLORS["vit"]]
+    assert family.domain == ["CNN", "ViT"] and family.range == [
+        charts.FAMILY_COLORS["cnn"],
+        charts.FAMILY_COLORS["vit"],
+    ]
 
 
 def test_every_figure_has_a_caption_naming_its_tables():
@@ -111,8 +114,16 @@ def test_merged_order():
     cnn = ["stem", "stage1", "stage2", "head", "all"]
     vit = ["stem", "qkv", "fc1", "head", "all"]
     swin = ["stem", "qkv", "fc1", "patch_merging", "head", "all"]
-    assert charts.merged_order([cnn, vit, swin]) == ["stem", "stage1", "stage2", "qkv", "fc1", "patch_merging",
-                                                     "head", "all"]
+    assert charts.merged_order([cnn, vit, swin]) == [
+        "stem",
+        "stage1",
+        "stage2",
+        "qkv",
+        "fc1",
+        "patch_merging",
+        "head",
+        "all",
+    ]
     assert charts.merged_order([["a", "b"], ["b", "a"]]) == ["a", "b"]  # conflicting orders: first seen
     assert charts.merged_order([]) == []
 
@@ -173,8 +184,12 @@ def test_accuracy_vs_latency_spec(tables):
     row = data[(data.backend == "onnxruntime-cpu") & (data.model == "swin") & (data.bits == "4-bit")].iloc[0]
     runs = (acc.model == "swin") & (acc.method == "qat") & (acc.w_bits == 4)
     assert row.deployed_top1 == pytest.approx(_seed_stats(acc, runs, "onnx_top1")[0])
-    latency = ((deployed.backend == "onnxruntime-cpu") & (deployed.model == "swin") & (deployed.method == "qat")
-               & (deployed.w_bits == 4))
+    latency = (
+        (deployed.backend == "onnxruntime-cpu")
+        & (deployed.model == "swin")
+        & (deployed.method == "qat")
+        & (deployed.w_bits == 4)
+    )
     assert row.latency_ms_p50 == pytest.approx(_seed_stats(deployed, latency, "latency_ms_p50")[0])
     assert row.peak_mem_mb == pytest.approx(_seed_stats(deployed, latency, "peak_mem_bytes")[0] / 1e6)
     for _, group in data.groupby("backend"):
@@ -245,8 +260,21 @@ def test_sensitivity_heatmap_spec(tables):
     cells = _main_encoding(spec, "tooltip")
     assert cells["x"]["field"] == "label" and cells["y"]["field"] == "group" and cells["color"]["field"] == "drop"
     # data-flow order merged across models (CNN stages, then the transformer roles), the whole model last
-    assert cells["y"]["sort"] == ["stem", "stage1", "stage2", "stage3", "stage4", "qkv", "attention_map", "attn_proj",
-                                  "fc1", "fc2", "patch_merging", "head", "all"]
+    assert cells["y"]["sort"] == [
+        "stem",
+        "stage1",
+        "stage2",
+        "stage3",
+        "stage4",
+        "qkv",
+        "attention_map",
+        "attn_proj",
+        "fc1",
+        "fc2",
+        "patch_merging",
+        "head",
+        "all",
+    ]
     assert cells["color"]["scale"]["clamp"] is True
     single = sens[sens.group != "all"].groupby(["model", "group", "w_bits"])["drop"].mean()
     assert cells["color"]["scale"]["domain"] == pytest.approx([-single.max(), single.max()])  # "all" saturates
@@ -297,7 +325,7 @@ def test_drop_by_bits_spec(tables):
 def _png_size_and_ppi(png: bytes) -> tuple[int, int, float]:
     width, height = struct.unpack(">II", png[16:24])
     phys = png.index(b"pHYs")
-    ppm_x, _, unit = struct.unpack(">IIB", png[phys + 4:phys + 13])
+    ppm_x, _, unit = struct.unpack(">IIB", png[phys + 4 : phys + 13])
     assert unit == 1  # pixels per metre
     return width, height, ppm_x * 0.0254
 

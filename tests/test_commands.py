@@ -28,8 +28,23 @@ def snakemake_by_profile_name(profile: str, workdir: Path, *args: str) -> str:
     output; fails the test on a non-zero exit."""
     env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
     env.update(XDG_CONFIG_HOME=str(workdir / "no-user-config"), XDG_CONFIG_DIRS=str(workdir / "no-site-config"))
-    result = subprocess.run([str(BIN / "snakemake"), "--profile", profile, *args, "--dry-run", "--directory",
-                             str(workdir), "--configfile", str(TINY)], cwd=REPO, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            "--profile",
+            profile,
+            *args,
+            "--dry-run",
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(TINY),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"snakemake --profile {profile} failed:\n{output[-5000:]}"
     assert f"Using profile {profile} for setting default command line arguments." in output

@@ -51,17 +51,26 @@ def test_bits_accept_integers_and_weight_activation_tags():
     config = _tiny()
     config["bits"] = [8, "w4a8", "w2a2"]
     validate(config, str(SCHEMA_PATH))
-    assert config["quant"] == {"weight_per_channel": True, "act_asymmetric": False, "first_last_bits": 8,
-                               "quantize_attention": False, "attention_bits": None, "residual_bits": 8}
+    assert config["quant"] == {
+        "weight_per_channel": True,
+        "act_asymmetric": False,
+        "first_last_bits": 8,
+        "quantize_attention": False,
+        "attention_bits": None,
+        "residual_bits": 8,
+    }
 
 
-@pytest.mark.parametrize("change", [
-    {"bits": ["w9a2"]},
-    {"bits": ["4"]},
-    {"quant": {"first_last_bits": 9}},
-    {"quant": {"residual_bits": 1}},
-    {"quant": {"asymmetric": True}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"bits": ["w9a2"]},
+        {"bits": ["4"]},
+        {"quant": {"first_last_bits": 9}},
+        {"quant": {"residual_bits": 1}},
+        {"quant": {"asymmetric": True}},
+    ],
+)
 def test_bad_quant_settings_are_rejected(change):
     config = {**_tiny(), **change}
     with pytest.raises(Exception, match=r"bits|quant|asymmetric|9"):

@@ -16,7 +16,6 @@ import torch
 
 from qatstudy import data
 from qatstudy.batches import Splits, augment, iterate_batches
-from qatstudy.train import DEVICE_ENV, training_device
 from qatstudy.data import (
     DatasetError,
     DatasetSpec,
@@ -25,10 +24,15 @@ from qatstudy.data import (
     prepare_splits,
     read_idx,
 )
+from qatstudy.train import DEVICE_ENV, training_device
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-             "t10k-labels-idx1-ubyte.gz")
+IDX_NAMES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -107,7 +111,10 @@ def toy(tmp_path, monkeypatch):
         name="toy",
         files={n: ("0" * 32, md5(c)) for n, c in contents.items()},  # second accepted MD5 is the real one
         urls=(),
-        img_size=4, in_chans=1, num_classes=2, classes=("x", "y"),
+        img_size=4,
+        in_chans=1,
+        num_classes=2,
+        classes=("x", "y"),
     )
     monkeypatch.setitem(data.DATASETS, "toy", spec)
     good, bad, empty = tmp_path / "good", tmp_path / "bad", tmp_path / "empty"
@@ -178,7 +185,7 @@ def test_fetch_from_file_url(toy):
 
 def test_fetch_replaces_corrupt_file_in_place(toy):
     toy.raw.mkdir()
-    for n, c in toy.contents.items():
+    for n in toy.contents:
         (toy.raw / n).write_bytes(b"garbage")
     _check_good(toy, fetch_dataset("toy", toy.raw, mirrors=[str(toy.good)], urls=[]))
 
@@ -242,8 +249,12 @@ def _cifar_archive(path: Path, n_train_per_batch: int = 4, n_test: int = 3, seed
         names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
         for name in names:
             n = n_test if name == "test_batch" else n_train_per_batch
-            batch = {b"batch_label": name.encode(), b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                     b"labels": rng.integers(0, 10, n).tolist(), b"filenames": [b"x.png"] * n}
+            batch = {
+                b"batch_label": name.encode(),
+                b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                b"labels": rng.integers(0, 10, n).tolist(),
+                b"filenames": [b"x.png"] * n,
+            }
             batches[name] = batch
             payload = pickle.dumps(batch, protocol=2)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
@@ -412,7 +423,8 @@ def test_splits_load_and_normalise(idx_dir, tmp_path):
             x = splits.x[s]
             assert x.dtype == torch.float32 and x.shape == (len(d[f"x_{s}"]), 1, 28, 28)
             expected = (d[f"x_{s}"].astype(np.float32) / 255 - d["mean"].reshape(1, -1, 1, 1)) / d["std"].reshape(
-                1, -1, 1, 1)
+                1, -1, 1, 1
+            )
             np.testing.assert_allclose(x.numpy(), expected, rtol=1e-5, atol=1e-5)
             assert splits.y[s].dtype == torch.int64
             np.testing.assert_array_equal(splits.y[s].numpy(), d[f"y_{s}"])
@@ -464,8 +476,12 @@ def test_augment_crops_are_shifted_windows_of_padded_image():
     padded = torch.nn.functional.pad(x, (pad,) * 4)
     shifts = set()
     for i in range(len(x)):
-        matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
-                   if torch.equal(out[i], padded[i, :, dy: dy + 6, dx: dx + 7])]
+        matches = [
+            (dy, dx)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            if torch.equal(out[i], padded[i, :, dy : dy + 6, dx : dx + 7])
+        ]
         assert matches, f"image {i} is not a crop of its padded original"
         shifts.add(matches[0])
     assert len(shifts) > 1
@@ -499,12 +515,15 @@ def test_iterate_batches_order_and_limit():
     limited = [b for _, b in iterate_batches(x, y, 4, limit=10)]
     assert [len(b) for b in limited] == [4, 4, 2]
     assert torch.cat(limited).tolist() == list(range(10))
-    shuffled = torch.cat([b for _, b in iterate_batches(x, y, 4, shuffle=True, limit=10,
-                                                        generator=torch.Generator().manual_seed(0))])
+    shuffled = torch.cat(
+        [b for _, b in iterate_batches(x, y, 4, shuffle=True, limit=10, generator=torch.Generator().manual_seed(0))]
+    )
     assert len(shuffled) == 10 and len(set(shuffled.tolist())) == 10
     assert len(torch.cat([b for _, b in iterate_batches(x, y, 4, limit=100)])) == 23
-    same = [torch.cat([b for _, b in iterate_batches(x, y, 4, shuffle=True,
-                                                     generator=torch.Generator().manual_seed(5))]) for _ in range(2)]
+    same = [
+        torch.cat([b for _, b in iterate_batches(x, y, 4, shuffle=True, generator=torch.Generator().manual_seed(5))])
+        for _ in range(2)
+    ]
     assert torch.equal(*same)
 
 
@@ -512,8 +531,9 @@ def test_iterate_batches_order_and_limit():
 # the real Fashion-MNIST files (Debian's dataset-fashion-mnist), when installed
 
 
-@pytest.mark.skipif(not all((FASHION_DIR / n).is_file() for n in IDX_NAMES),
-                    reason=f"Fashion-MNIST not installed at {FASHION_DIR}")
+@pytest.mark.skipif(
+    not all((FASHION_DIR / n).is_file() for n in IDX_NAMES), reason=f"Fashion-MNIST not installed at {FASHION_DIR}"
+)
 def test_fetch_real_fashion_mnist_from_mirror(tmp_path):
     found = fetch_dataset("fashion_mnist", tmp_path, urls=[])  # default mirror, no network
     assert set(found) == set(IDX_NAMES)

@@ -24,8 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from timm.models import register_model
 from torch import nn
 
-from qatstudy import bench, export, ort_sessions, quant, stages, train
 from helpers import make_tiny_dataset
+from qatstudy import bench, export, ort_sessions, quant, stages, train
 
 torch.set_num_threads(1)
 
@@ -35,20 +35,24 @@ QUANT_LAYERS = 4  # two Conv2d, two Linear
 WEIGHT_SHAPES = {(8, 1, 3, 3), (16, 8, 3, 3), (64, 784), (10, 64)}
 
 if ARCH not in timm.list_models():
+
     @register_model
     def qatstudy_test_export_cnn(pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, **_):
         return nn.Sequential(
-            nn.Conv2d(in_chans, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(16 * 7 * 7, 64), nn.ReLU(),  # 50k weights: the weights dominate the file
+            nn.Conv2d(in_chans, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16 * 7 * 7, 64),
+            nn.ReLU(),  # 50k weights: the weights dominate the file
             nn.Linear(64, num_classes),
         )
 
 
 # ---------------------------------------------------------------------------------------------
 # tiny dataset and checkpoints
-
-
 
 
 def _quantized_checkpoint(fp32_ckpt: Path, scheme: quant.QuantScheme, splits, out: Path) -> Path:
@@ -66,21 +70,31 @@ def art(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     data = make_tiny_dataset(root / "data")
     settings = stages.TrainSettings(epochs=2, batch_size=16, lr=5e-3, weight_decay=0.0)
-    stages.train_fp32(data=str(data), arch=ARCH, kwargs={}, identity={"model": "cnn", "family": "cnn", "arch": ARCH,
-                                                                         "kwargs": {}},
-                      settings=settings, seed=0, pretrained=False, checkpoint=str(root / "fp32" / "model.pt"),
-                      metrics=str(root / "fp32" / "metrics.json"), log=lambda _: None)
+    stages.train_fp32(
+        data=str(data),
+        arch=ARCH,
+        kwargs={},
+        identity={"model": "cnn", "family": "cnn", "arch": ARCH, "kwargs": {}},
+        settings=settings,
+        seed=0,
+        pretrained=False,
+        checkpoint=str(root / "fp32" / "model.pt"),
+        metrics=str(root / "fp32" / "metrics.json"),
+        log=lambda _: None,
+    )
     splits = stages.Splits(data)
     out = {"root": root, "data": data, "splits": splits, "ckpt": {"fp32": root / "fp32" / "model.pt"}}
     for tag in ("w8a8", "w4a4"):
         (root / tag).mkdir()
-        out["ckpt"][tag] = _quantized_checkpoint(out["ckpt"]["fp32"], quant.QuantScheme.from_tag(tag), splits,
-                                                 root / tag / "model.pt")
+        out["ckpt"][tag] = _quantized_checkpoint(
+            out["ckpt"]["fp32"], quant.QuantScheme.from_tag(tag), splits, root / tag / "model.pt"
+        )
     out["onnx"], out["trt"], out["report"] = {}, {}, {}
     for variant, ckpt in out["ckpt"].items():
         out["onnx"][variant], out["trt"][variant] = ckpt.with_suffix(".onnx"), ckpt.with_name("model_trt.onnx")
-        out["report"][variant] = export.export_onnx(ckpt, out["onnx"][variant], out["trt"][variant], data=data,
-                                                    calib_images=64)
+        out["report"][variant] = export.export_onnx(
+            ckpt, out["onnx"][variant], out["trt"][variant], data=data, calib_images=64
+        )
     return out
 
 
@@ -198,13 +212,20 @@ def test_trt_layout_matches_fake_quant_below_8_bits(art):
     assert art["report"]["w4a4"]["trt_argmax_agreement_vs_torch"] == 1.0
     # the classifier (64 inputs) holds its 4-bit weights as TensorRT's blocked INT4; the first Linear's 784 inputs
     # divide into neither 64 nor 128, so it keeps the int8 container
-    assert art["report"]["w4a4"]["trt_layout"] == {"unsigned_to_int8": 3, "unsigned_8bit_halved": 0,
-                                                   "weights_transposed": 0, "weights_int4": 1}
+    assert art["report"]["w4a4"]["trt_layout"] == {
+        "unsigned_to_int8": 3,
+        "unsigned_8bit_halved": 0,
+        "weights_transposed": 0,
+        "weights_int4": 1,
+    }
     model = onnx.load(str(art["trt"]["w4a4"]))
     assert model.opset_import[0].version == 21
     values = _constant_values(model)
-    stored = {values[n.input[0]].shape: str(values[n.input[0]].dtype) for n in model.graph.node
-              if n.op_type == "DequantizeLinear" and n.input[0] in values}
+    stored = {
+        values[n.input[0]].shape: str(values[n.input[0]].dtype)
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in values
+    }
     assert stored == {(8, 1, 3, 3): "int8", (16, 8, 3, 3): "int8", (64, 784): "int8", (10, 64): "int4"}
     fp32 = _torch_logits(art["ckpt"]["fp32"], x)
     assert np.abs(expected - fp32).max() > 1e-3  # the comparison is with the quantized model, not the float one
@@ -218,10 +239,12 @@ def test_resnet_residual_adds_take_quantized_shortcuts_in_both_layouts(art, tmp_
     model = stages.build("resnet10t", kwargs, num_classes=10, in_chans=1, scheme=scheme)
     quant.calibrate(model, [art["splits"].x["train"][:64]], method="mse")
     ckpt = tmp_path / "model.pt"
-    stages.save_checkpoint(ckpt, model, arch="resnet10t", kwargs=kwargs, num_classes=10, image_shape=IMAGE_SHAPE,
-                           scheme=scheme)
-    report = export.export_onnx(ckpt, tmp_path / "model.onnx", tmp_path / "model_trt.onnx", data=art["data"],
-                                calib_images=64)
+    stages.save_checkpoint(
+        ckpt, model, arch="resnet10t", kwargs=kwargs, num_classes=10, image_shape=IMAGE_SHAPE, scheme=scheme
+    )
+    report = export.export_onnx(
+        ckpt, tmp_path / "model.onnx", tmp_path / "model_trt.onnx", data=art["data"], calib_images=64
+    )
     assert report["trt_layout"]["unsigned_8bit_halved"] == 0
     for path in ("model.onnx", "model_trt.onnx"):
         graph = onnx.load(str(tmp_path / path))
@@ -241,16 +264,31 @@ def test_trt_layout_halves_the_step_of_unsigned_8_bit_activations(art):
     model = onnx.load(str(art["trt"]["w8a8"]))
     values = _constant_values(model)
     torch_model, _ = stages.load_checkpoint(art["ckpt"]["w8a8"])
-    steps = [(float(m.input_quantizer.step.detach().abs()), m.input_quantizer.signed)
-             for _, m in quant.quant_modules(torch_model)]
+    steps = [
+        (float(m.input_quantizer.step.detach().abs()), m.input_quantizer.signed)
+        for _, m in quant.quant_modules(torch_model)
+    ]
     quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert all(values[n.input[2]].dtype == np.int8 and int(values[n.input[2]]) == 0 for n in quantize)
     scales = [float(values[n.input[1]]) for n in quantize]
-    assert [np.isclose(scale, step, rtol=1e-6) for scale, (step, _) in zip(scales, steps)] == [True, False, False, False]
-    assert [np.isclose(scale, 2 * step, rtol=1e-6) and not signed for scale, (step, signed) in zip(scales, steps)] == \
-        [False, True, True, True]
-    assert art["report"]["w8a8"]["trt_layout"] == {"unsigned_to_int8": 3, "unsigned_8bit_halved": 3,
-                                                   "weights_transposed": 0, "weights_int4": 0}
+    assert [np.isclose(scale, step, rtol=1e-6) for scale, (step, _) in zip(scales, steps)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert [np.isclose(scale, 2 * step, rtol=1e-6) and not signed for scale, (step, signed) in zip(scales, steps)] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert art["report"]["w8a8"]["trt_layout"] == {
+        "unsigned_to_int8": 3,
+        "unsigned_8bit_halved": 3,
+        "weights_transposed": 0,
+        "weights_int4": 0,
+    }
     assert model.opset_import[0].version == export.OPSET  # no INT4 weight: the opset TensorRT 8.6 reads too
     x = art["splits"].x["test"]
     expected = _torch_logits(art["ckpt"]["w8a8"], x)
@@ -288,16 +326,22 @@ def test_folded_weights_times_scale_equal_torch_quantized_weights(art, tag):
 
 def test_w4a4_weights_stay_in_4_bit_range(art):
     model = onnx.load(str(art["trt"]["w4a4"]))
-    ints = [numpy_helper.to_array(i).astype(np.int8) for i in model.graph.initializer
-            if i.data_type in (TensorProto.INT8, TensorProto.INT4) and tuple(i.dims) in WEIGHT_SHAPES]
+    ints = [
+        numpy_helper.to_array(i).astype(np.int8)
+        for i in model.graph.initializer
+        if i.data_type in (TensorProto.INT8, TensorProto.INT4) and tuple(i.dims) in WEIGHT_SHAPES
+    ]
     assert len(ints) == QUANT_LAYERS
     for q in ints:
         assert q.min() >= -8 and q.max() <= 7
     allq = np.concatenate([q.ravel() for q in ints])
     assert allq.min() == -8 or allq.max() == 7  # the 4-bit range is used, not a narrower one
     # the same model at 8 bits uses the wider range: the test can tell them apart
-    ints8 = [numpy_helper.to_array(i) for i in onnx.load(str(art["trt"]["w8a8"])).graph.initializer
-             if i.data_type == TensorProto.INT8 and tuple(i.dims) in WEIGHT_SHAPES]
+    ints8 = [
+        numpy_helper.to_array(i)
+        for i in onnx.load(str(art["trt"]["w8a8"])).graph.initializer
+        if i.data_type == TensorProto.INT8 and tuple(i.dims) in WEIGHT_SHAPES
+    ]
     assert max(int(np.abs(q).max()) for q in ints8) > 8
 
 
@@ -414,9 +458,19 @@ def _handmade_q_graph() -> onnx.ModelProto:
     # C: per-channel with the default axis (1)
     w_c = rng.normal(0, 1, (2, 3, 4)).astype(np.float32)
     scale_c = np.array([0.01, 0.05, 0.003], np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in [
-        (w_a, "w_a"), (scale_a, "s_a"), (zero_a, "z_a"), (np.array(0.1, np.float32), "s_b"),
-        (np.array(10, np.uint8), "z_b"), (w_c, "w_c"), (scale_c, "s_c"), (np.zeros(3, np.int8), "z_c")]]
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in [
+            (w_a, "w_a"),
+            (scale_a, "s_a"),
+            (zero_a, "z_a"),
+            (np.array(0.1, np.float32), "s_b"),
+            (np.array(10, np.uint8), "z_b"),
+            (w_c, "w_c"),
+            (scale_c, "s_c"),
+            (np.zeros(3, np.int8), "z_c"),
+        ]
+    ]
     nodes = [
         helper.make_node("Constant", [], ["w_b"], value=numpy_helper.from_array(w_b)),
         helper.make_node("QuantizeLinear", ["w_a", "s_a", "z_a"], ["q_a"], axis=0),
@@ -427,10 +481,12 @@ def _handmade_q_graph() -> onnx.ModelProto:
         helper.make_node("Identity", ["q_c"], ["out_c"]),
         helper.make_node("DequantizeLinear", ["q_a", "s_a", "z_a"], ["deq_a"], axis=0),
     ]
-    outputs = [helper.make_tensor_value_info("out_a", TensorProto.INT8, [3, 8]),
-               helper.make_tensor_value_info("out_b", TensorProto.UINT8, [2, 5]),
-               helper.make_tensor_value_info("out_c", TensorProto.INT8, [2, 3, 4]),
-               helper.make_tensor_value_info("deq_a", TensorProto.FLOAT, [3, 8])]
+    outputs = [
+        helper.make_tensor_value_info("out_a", TensorProto.INT8, [3, 8]),
+        helper.make_tensor_value_info("out_b", TensorProto.UINT8, [2, 5]),
+        helper.make_tensor_value_info("out_c", TensorProto.INT8, [2, 3, 4]),
+        helper.make_tensor_value_info("deq_a", TensorProto.FLOAT, [3, 8]),
+    ]
     graph = helper.make_graph(nodes, "q", [], outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -451,9 +507,10 @@ def test_fold_weight_quantizers_matches_onnxruntime():
         assert inits[name].dtype == ref.dtype
         np.testing.assert_array_equal(inits[name], ref)
     # round half to even, zero point added after rounding, then saturation
-    np.testing.assert_array_equal(inits["q_a"], [[-2, -2, 0, 0, 2, 2, 127, -128],
-                                                 [1, 1, 3, 3, 5, 5, 127, -128],
-                                                 [-4, -4, -2, -2, 0, 0, 127, -128]])
+    np.testing.assert_array_equal(
+        inits["q_a"],
+        [[-2, -2, 0, 0, 2, 2, 127, -128], [1, 1, 3, 3, 5, 5, 127, -128], [-4, -4, -2, -2, 0, 0, 127, -128]],
+    )
     for a, b in zip(_ort(folded_model).run(None, {}), reference):
         np.testing.assert_array_equal(a, b)
 
@@ -462,10 +519,18 @@ def test_fold_weight_quantizers_leaves_runtime_quantizers():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g", [x], [y],
-        initializer=[numpy_helper.from_array(np.array(0.1, np.float32), "s"),
-                     numpy_helper.from_array(np.array(0, np.int8), "z")])
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ],
+        "g",
+        [x],
+        [y],
+        initializer=[
+            numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.int8), "z"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     before = model.SerializeToString()
     assert export.fold_weight_quantizers(model) == 0
@@ -509,8 +574,9 @@ def test_broken_export_raises_and_writes_nothing(art, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, "session", lambda *a, **k: Shifted(real_session(*a, **k)))
     with pytest.raises(RuntimeError, match="differs"):
-        export.export_onnx(art["ckpt"]["w8a8"], tmp_path / "model.onnx", tmp_path / "model_trt.onnx", data=art["data"],
-                           calib_images=16)
+        export.export_onnx(
+            art["ckpt"]["w8a8"], tmp_path / "model.onnx", tmp_path / "model_trt.onnx", data=art["data"], calib_images=16
+        )
     assert os.listdir(tmp_path) == []
 
 
@@ -541,8 +607,9 @@ def test_simplification_that_changes_qdq_or_outputs_is_refused(art, tmp_path, mo
 
     monkeypatch.setattr(export.onnxsim, "simplify", damaged)
     with pytest.raises(RuntimeError, match="changed the Q/DQ nodes" if damage == "qdq" else "changed the outputs"):
-        export.export_onnx(art["ckpt"]["w4a4"], tmp_path / "model.onnx", tmp_path / "model_trt.onnx",
-                           data=art["data"], calib_images=16)
+        export.export_onnx(
+            art["ckpt"]["w4a4"], tmp_path / "model.onnx", tmp_path / "model_trt.onnx", data=art["data"], calib_images=16
+        )
     assert os.listdir(tmp_path) == []
 
 
@@ -573,10 +640,15 @@ def test_fold_weight_quantizers_accepts_a_missing_zero_point():
     """ONNX makes QuantizeLinear's zero point optional (uint8 zero); folding must match onnxruntime."""
     weight = np.array([[0.05, 0.26, 1.0], [2.4, 0.0, 0.74]], dtype=np.float32)
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["w", "s"], ["q"]),
-         helper.make_node("DequantizeLinear", ["q", "s"], ["y"])],
-        "no_zero_point", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
-        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array(0.01, np.float32), "s")])
+        [
+            helper.make_node("QuantizeLinear", ["w", "s"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s"], ["y"]),
+        ],
+        "no_zero_point",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array(0.01, np.float32), "s")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
     assert export.fold_weight_quantizers(model) == 1

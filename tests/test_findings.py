@@ -7,16 +7,41 @@ from qatstudy.stats import t_critical, welch_ci
 
 def _accuracy() -> pd.DataFrame:
     rows = []
-    for model, family, fp32, drops in (("r", "cnn", [90, 91, 92], [1.0, 2.0, 3.0]),
-                                       ("v", "vit", [88, 88, 88], [5.0, 6.0, 7.0])):
+    for model, family, fp32, drops in (
+        ("r", "cnn", [90, 91, 92], [1.0, 2.0, 3.0]),
+        ("v", "vit", [88, 88, 88], [5.0, 6.0, 7.0]),
+    ):
         for seed, (top1, drop) in enumerate(zip(fp32, drops)):
-            rows.append(dict(model=model, family=family, method="fp32", w_bits=32, a_bits=32, seed=seed, qat_seed=None,
-                             top1=top1))
+            rows.append(
+                dict(
+                    model=model, family=family, method="fp32", w_bits=32, a_bits=32, seed=seed, qat_seed=None, top1=top1
+                )
+            )
             for q, jitter in ((0, -0.5), (1, 0.5)):  # two QAT seeds around the seed's drop
-                rows.append(dict(model=model, family=family, method="qat", w_bits=4, a_bits=4, seed=seed, qat_seed=q,
-                                 top1=top1 - drop + jitter))
-            rows.append(dict(model=model, family=family, method="ptq", w_bits=4, a_bits=4, seed=seed, qat_seed=0,
-                             top1=top1 - drop - 10))
+                rows.append(
+                    dict(
+                        model=model,
+                        family=family,
+                        method="qat",
+                        w_bits=4,
+                        a_bits=4,
+                        seed=seed,
+                        qat_seed=q,
+                        top1=top1 - drop + jitter,
+                    )
+                )
+            rows.append(
+                dict(
+                    model=model,
+                    family=family,
+                    method="ptq",
+                    w_bits=4,
+                    a_bits=4,
+                    seed=seed,
+                    qat_seed=0,
+                    top1=top1 - drop - 10,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -28,7 +53,7 @@ def test_drops_are_per_fp32_seed_from_its_own_fp32_model():
 def test_findings_rows_carry_effect_interval_n_and_shown():
     table = findings_table(_accuracy()).set_index(["claim", "subject"])
     r = table.loc[("qat_drop_from_fp32", "r")]
-    assert (r.effect, r.n) == (2.0, 3) and r.ci_high - r.effect == pytest.approx(t_critical(2) * 1.0 / 3 ** 0.5)
+    assert (r.effect, r.n) == (2.0, 3) and r.ci_high - r.effect == pytest.approx(t_critical(2) * 1.0 / 3**0.5)
     assert not r.shown  # 2 ± 2.48 holds zero
     gain = table.loc[("qat_minus_ptq", "r")]
     assert (gain.effect, gain.ci_low, gain.ci_high, gain.n, gain.shown) == (10.0, 10.0, 10.0, 3, True)
@@ -42,7 +67,8 @@ def test_an_interval_holding_zero_is_not_shown():
     assert low < 0 < high and n == 6
     accuracy = _accuracy()
     accuracy.loc[(accuracy.model == "v") & (accuracy.method == "qat"), "top1"] = (
-        accuracy.loc[(accuracy.model == "r") & (accuracy.method == "qat"), "top1"].to_numpy() - 4 + [0, 0, 3, -3, 1, -1])
+        accuracy.loc[(accuracy.model == "r") & (accuracy.method == "qat"), "top1"].to_numpy() - 4 + [0, 0, 3, -3, 1, -1]
+    )
     gap = findings_table(accuracy).set_index(["claim", "subject"]).loc[("vit_minus_cnn_qat_drop", "vit - cnn")]
     assert gap.ci_low < 0 < gap.ci_high and not gap.shown
 
@@ -54,9 +80,21 @@ def _oscillation() -> pd.DataFrame:
         for seed, jitter in enumerate((-0.005, 0.0, 0.005)):
             for q in (0, 1):
                 for epoch, scale in ((1, 10.0), (2, 1.0)):
-                    rows.append(dict(model=model, family=family, w_bits=4, a_bits=4, seed=seed, qat_seed=q, epoch=epoch,
-                                     layer="(all)", oscillating_share=scale * (share + jitter),
-                                     integer_flip_share=scale * (share + 0.01 + jitter), frozen_share=0.0))
+                    rows.append(
+                        dict(
+                            model=model,
+                            family=family,
+                            w_bits=4,
+                            a_bits=4,
+                            seed=seed,
+                            qat_seed=q,
+                            epoch=epoch,
+                            layer="(all)",
+                            oscillating_share=scale * (share + jitter),
+                            integer_flip_share=scale * (share + 0.01 + jitter),
+                            frozen_share=0.0,
+                        )
+                    )
                 rows.append({**rows[-1], "layer": "conv1", "oscillating_share": 0.9})  # a layer row, not the model
     return pd.DataFrame(rows)
 
@@ -76,14 +114,37 @@ def test_variation_gap_per_kind_and_statistic_leaves_attention_internals_out():
     for model, family, kurtosis in (("r", "cnn", 3.0), ("m", "cnn", 4.0), ("v", "vit", 9.0), ("s", "vit", 10.0)):
         for seed in (0, 1):
             for kind in ("weight", "activation"):
-                rows.append(dict(model=model, family=family, seed=seed, layer="fc", group="head", kind=kind,
-                                 kurtosis=kurtosis + seed, channel_cv=0.1, outlier_ratio=0.01))
-            rows.append(dict(model=model, family=family, seed=seed, layer="attn.q", group="attention_map",
-                             kind="activation", kurtosis=1000.0, channel_cv=5.0, outlier_ratio=0.5))
+                rows.append(
+                    dict(
+                        model=model,
+                        family=family,
+                        seed=seed,
+                        layer="fc",
+                        group="head",
+                        kind=kind,
+                        kurtosis=kurtosis + seed,
+                        channel_cv=0.1,
+                        outlier_ratio=0.01,
+                    )
+                )
+            rows.append(
+                dict(
+                    model=model,
+                    family=family,
+                    seed=seed,
+                    layer="attn.q",
+                    group="attention_map",
+                    kind="activation",
+                    kurtosis=1000.0,
+                    channel_cv=5.0,
+                    outlier_ratio=0.5,
+                )
+            )
     table = findings_table(_accuracy(), variation=pd.DataFrame(rows)).set_index("claim")
     for kind in ("weight", "activation"):
         row = table.loc[f"vit_minus_cnn_{kind}_kurtosis"]
         assert (row.effect, row.n, row.w_bits, row.unit) == (6.0, 8, 32, "kurtosis") and row.shown
         assert table.loc[f"vit_minus_cnn_{kind}_channel_cv"].effect == pytest.approx(0.0)
     assert "| vit_minus_cnn_weight_kurtosis | vit - cnn | FP32 | +6 |" in findings_markdown(
-        findings_table(_accuracy(), variation=pd.DataFrame(rows)))
+        findings_table(_accuracy(), variation=pd.DataFrame(rows))
+    )

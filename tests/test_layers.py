@@ -11,25 +11,52 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "qatstudy"
 SHARED, CONFIG, BUILDING_BLOCKS, MODEL_ASSEMBLY, STAGES, DEPLOY, REPORTING, ENTRY = range(8)
 LAYERS = {
     # shared: file helpers, record fields, labels, provenance, statistics
-    "io": SHARED, "records": SHARED, "labels": SHARED, "provenance": SHARED, "stats": SHARED,
+    "io": SHARED,
+    "records": SHARED,
+    "labels": SHARED,
+    "provenance": SHARED,
+    "stats": SHARED,
     # the study config and the settings read from it
-    "settings": CONFIG, "config": CONFIG,
+    "settings": CONFIG,
+    "config": CONFIG,
     # data, models, quantization
-    "data": BUILDING_BLOCKS, "batches": BUILDING_BLOCKS, "models": BUILDING_BLOCKS,
-    "quant": BUILDING_BLOCKS, "quant.quantizer": BUILDING_BLOCKS, "quant.attention": BUILDING_BLOCKS,
-    "quant.modules": BUILDING_BLOCKS, "quant.calibrate": BUILDING_BLOCKS, "quant.oscillation": BUILDING_BLOCKS,
+    "data": BUILDING_BLOCKS,
+    "batches": BUILDING_BLOCKS,
+    "models": BUILDING_BLOCKS,
+    "quant": BUILDING_BLOCKS,
+    "quant.quantizer": BUILDING_BLOCKS,
+    "quant.attention": BUILDING_BLOCKS,
+    "quant.modules": BUILDING_BLOCKS,
+    "quant.calibrate": BUILDING_BLOCKS,
+    "quant.oscillation": BUILDING_BLOCKS,
     # checkpoints, calibration on the training split, the QAT objective, the training loop
-    "checkpoints": MODEL_ASSEMBLY, "calibration": MODEL_ASSEMBLY, "objectives": MODEL_ASSEMBLY,
+    "checkpoints": MODEL_ASSEMBLY,
+    "calibration": MODEL_ASSEMBLY,
+    "objectives": MODEL_ASSEMBLY,
     "train": MODEL_ASSEMBLY,
     # what makes a run's results from a checkpoint: training stages, the analysis
-    "stages": STAGES, "analysis": STAGES,
+    "stages": STAGES,
+    "analysis": STAGES,
     # deployment: ONNX export and layouts, onnxruntime, TensorRT
-    "ort_sessions": DEPLOY, "qdq": DEPLOY, "export": DEPLOY, "bench": DEPLOY, "trt": DEPLOY, "remote": DEPLOY,
+    "ort_sessions": DEPLOY,
+    "qdq": DEPLOY,
+    "export": DEPLOY,
+    "bench": DEPLOY,
+    "trt": DEPLOY,
+    "remote": DEPLOY,
     "trt_jobs": DEPLOY,
     # tables and figures from the results
-    "tables": REPORTING, "aggregate": REPORTING, "ablation": REPORTING, "findings": REPORTING, "charts": REPORTING,
+    "tables": REPORTING,
+    "aggregate": REPORTING,
+    "ablation": REPORTING,
+    "findings": REPORTING,
+    "charts": REPORTING,
     # Snakemake job glue for workflow_scripts/, and the console script with its benchmark subcommands
-    "workflow": ENTRY, "cli": ENTRY, "bench_qat_step": ENTRY, "bench_ort_int8": ENTRY, "bench_planning": ENTRY,
+    "workflow": ENTRY,
+    "cli": ENTRY,
+    "bench_qat_step": ENTRY,
+    "bench_ort_int8": ENTRY,
+    "bench_planning": ENTRY,
 }
 # Entry points only: the stage functions run as jobs, so no module below the entry layer builds on them (what two
 # stages share lives below them: checkpoints, calibration).
@@ -56,11 +83,12 @@ def imported_modules(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found |= {alias.name.removeprefix("qatstudy.") for alias in node.names
-                      if alias.name.startswith("qatstudy.")}
+            found |= {
+                alias.name.removeprefix("qatstudy.") for alias in node.names if alias.name.startswith("qatstudy.")
+            }
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - (node.level - 1)]
+                base = package[: len(package) - (node.level - 1)]
             elif node.module == "qatstudy" or (node.module or "").startswith("qatstudy."):
                 base = []
             else:
@@ -90,8 +118,11 @@ def test_no_module_imports_a_higher_layer():
 
 
 def test_entry_point_modules_are_imported_by_no_module():
-    importers = {name: sorted(IMPORTED_BY_NO_MODULE & imported_modules(path))
-                 for name, path in package_modules().items() if name and LAYERS[name] < ENTRY}
+    importers = {
+        name: sorted(IMPORTED_BY_NO_MODULE & imported_modules(path))
+        for name, path in package_modules().items()
+        if name and LAYERS[name] < ENTRY
+    }
     assert {name: found for name, found in importers.items() if found} == {}
 
 

@@ -66,8 +66,9 @@ def test_bin_regularizer_is_the_reference_formula_in_step_units():
     """Per-bin variance term included: for a per-tensor step s the study's term is the reference's divided by s^2."""
     torch.manual_seed(0)
     step, bits = 0.05, 3
-    model = quant.quantize_model(nn.Sequential(nn.Linear(16, 8, bias=False)),
-                                 quant.QuantScheme(bits, 8, weight_per_channel=False))
+    model = quant.quantize_model(
+        nn.Sequential(nn.Linear(16, 8, bias=False)), quant.QuantScheme(bits, 8, weight_per_channel=False)
+    )
     layer = model[0]
     layer.weight_quantizer.init_step(torch.tensor([step]))
     with torch.no_grad():
@@ -220,11 +221,18 @@ def test_objective_loss_adds_distillation_and_regularizer():
     x = torch.randn(5, 4)
     logits = student(x)
     label_loss = torch.nn.functional.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
-    objective = QATObjective(student, QATSettings(distill_weight=0.25, distill_temperature=2.0, regularizer_weight=1.0),
-                             teacher=teacher)
+    objective = QATObjective(
+        student, QATSettings(distill_weight=0.25, distill_temperature=2.0, regularizer_weight=1.0), teacher=teacher
+    )
     with torch.no_grad():
-        expected = (0.75 * label_loss + 0.25 * distillation_loss(logits, teacher(x), 2.0)
-                    + objective.regularizer_weight(0.5) * bin_regularizer(student))
+        expected = (
+            0.75 * label_loss
+            + 0.25 * distillation_loss(logits, teacher(x), 2.0)
+            + objective.regularizer_weight(0.5) * bin_regularizer(student)
+        )
     assert objective.loss(logits, label_loss, x, progress=0.5).item() == pytest.approx(expected.item(), rel=1e-5)
-    assert math.isclose(objective.loss(logits, label_loss, x, progress=0.0).item(),
-                        (0.75 * label_loss + 0.25 * distillation_loss(logits, teacher(x), 2.0)).item(), rel_tol=1e-5)
+    assert math.isclose(
+        objective.loss(logits, label_loss, x, progress=0.0).item(),
+        (0.75 * label_loss + 0.25 * distillation_loss(logits, teacher(x), 2.0)).item(),
+        rel_tol=1e-5,
+    )

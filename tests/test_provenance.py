@@ -14,11 +14,17 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from helpers import SCHEMA_PATH
 from qatstudy.aggregate import accuracy_table, bench_table
 from qatstudy.config import config_digest
-from qatstudy.provenance import (PROVENANCE_COLUMNS, check_one_config, git_state, mixed_configs, provenance,
-                                 with_tensorrt)
-from helpers import SCHEMA_PATH
+from qatstudy.provenance import (
+    PROVENANCE_COLUMNS,
+    check_one_config,
+    git_state,
+    mixed_configs,
+    provenance,
+    with_tensorrt,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +37,13 @@ def config() -> dict:
 
 
 def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -93,14 +104,17 @@ def test_config_digest_leaves_out_the_grid_axes(config):
         assert config_digest(grown, stage) == config_digest(reordered, stage) == digest
 
 
-@pytest.mark.parametrize(("section", "key", "value", "changed"), [
-    ("train", "lr", 0.01, {"fp32", "ptq", "qat"}),
-    ("dataset", "val_size", 100, {"fp32", "ptq", "qat"}),
-    ("calibration", "method", "minmax", {"ptq", "qat"}),
-    ("quant", "act_asymmetric", True, {"ptq", "qat"}),
-    ("qat", "epochs", 3, {"qat"}),
-    ("distillation", "weight", 0.5, {"qat"}),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "value", "changed"),
+    [
+        ("train", "lr", 0.01, {"fp32", "ptq", "qat"}),
+        ("dataset", "val_size", 100, {"fp32", "ptq", "qat"}),
+        ("calibration", "method", "minmax", {"ptq", "qat"}),
+        ("quant", "act_asymmetric", True, {"ptq", "qat"}),
+        ("qat", "epochs", 3, {"qat"}),
+        ("distillation", "weight", 0.5, {"qat"}),
+    ],
+)
 def test_config_digest_follows_the_sections_behind_a_result(config, section, key, value, changed):
     edited = copy.deepcopy(config)
     edited[section][key] = value
@@ -115,11 +129,23 @@ def test_a_rule_adds_its_own_settings_to_the_digest(config):
 
 
 def result(path: Path, config_hash: str | None, scope: str = "qat", **fields) -> str:
-    record = {"model": "m", "family": "cnn", "method": "qat", "w_bits": 4, "a_bits": 4, "seed": 0, "test_top1": 50.0,
-              **fields}
+    record = {
+        "model": "m",
+        "family": "cnn",
+        "method": "qat",
+        "w_bits": 4,
+        "a_bits": 4,
+        "seed": 0,
+        "test_top1": 50.0,
+        **fields,
+    }
     if config_hash is not None:
-        record["provenance"] = {"config_scope": scope, "config_hash": config_hash, "git_commit": "abc123",
-                                "git_dirty": False}
+        record["provenance"] = {
+            "config_scope": scope,
+            "config_hash": config_hash,
+            "git_commit": "abc123",
+            "git_dirty": False,
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
     return str(path)
@@ -154,12 +180,36 @@ def test_mixed_configs_are_refused_naming_hashes_and_files(tmp_path):
 
 
 def test_tables_carry_the_provenance_columns(tmp_path):
-    metrics = result(tmp_path / "runs/m/seed0/qat_w4a4/metrics.json", "cafe0123", input_shape=[1, 28, 28],
-                     params=10, fp32_bytes=40, packed_bytes=8, val_top1=51.0)
+    metrics = result(
+        tmp_path / "runs/m/seed0/qat_w4a4/metrics.json",
+        "cafe0123",
+        input_shape=[1, 28, 28],
+        params=10,
+        fp32_bytes=40,
+        packed_bytes=8,
+        val_top1=51.0,
+    )
     bench = tmp_path / "runs/m/seed0/qat_w4a4/bench_cpu.json"
-    bench.write_text(json.dumps({**json.loads(Path(metrics).read_text()), "rows": [
-        {"backend": "onnxruntime-cpu", "batch": 1, "threads": 1, "latency_ms_p50": 1.0, "latency_ms_p99": 2.0,
-         "latency_ms_mean": 1.2, "throughput_ips": 800.0, "model_bytes": 100, "peak_mem_bytes": 1000}]}))
+    bench.write_text(
+        json.dumps(
+            {
+                **json.loads(Path(metrics).read_text()),
+                "rows": [
+                    {
+                        "backend": "onnxruntime-cpu",
+                        "batch": 1,
+                        "threads": 1,
+                        "latency_ms_p50": 1.0,
+                        "latency_ms_p99": 2.0,
+                        "latency_ms_mean": 1.2,
+                        "throughput_ips": 800.0,
+                        "model_bytes": 100,
+                        "peak_mem_bytes": 1000,
+                    }
+                ],
+            }
+        )
+    )
     for table in (accuracy_table([metrics], []), bench_table([str(bench)])):
         assert list(table.columns[-3:]) == PROVENANCE_COLUMNS
         assert table.iloc[0][PROVENANCE_COLUMNS].tolist() == ["cafe0123", "abc123", False]

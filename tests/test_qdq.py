@@ -32,8 +32,9 @@ def _init(value, name: str) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def _conv_graph(*, in_bits: int, w_bits: int, gamma: np.ndarray, weight: np.ndarray | None = None,
-                next_bits: int | None = 4) -> onnx.ModelProto:
+def _conv_graph(
+    *, in_bits: int, w_bits: int, gamma: np.ndarray, weight: np.ndarray | None = None, next_bits: int | None = 4
+) -> onnx.ModelProto:
     """x -> b-bit clamp -> Q/DQ (int8) -> Conv (int8 per-channel weights) -> BN -> ReLU -> [4-bit clamp -> Q/DQ]
     -> y, as the export writes a quantized conv and the next layer's input quantizer."""
     channels = len(gamma)
@@ -41,30 +42,49 @@ def _conv_graph(*, in_bits: int, w_bits: int, gamma: np.ndarray, weight: np.ndar
     if weight is None:
         weight = RNG.integers(-(2 ** (w_bits - 1)), 2 ** (w_bits - 1), (channels, 2, 3, 3)).astype(np.int8)
     s_x, s_y = 0.05, 0.1
-    inits = [_init(np.float32(s_x), "s_x"), _init(np.int8(0), "z8"), _init(np.float32(lo * s_x), "x_lo"),
-             _init(np.float32(hi * s_x), "x_hi"), _init(weight, "w"),
-             _init(RNG.uniform(0.01, 0.03, channels).astype(np.float32), "s_w"), _init(np.zeros(channels, np.int8), "z_w"),
-             _init(gamma.astype(np.float32), "gamma"), _init(RNG.normal(0, 0.2, channels).astype(np.float32), "beta"),
-             _init(RNG.normal(0, 0.2, channels).astype(np.float32), "mean"),
-             _init(RNG.uniform(0.5, 2, channels).astype(np.float32), "var")]
-    nodes = [helper.make_node("Clip", ["x", "x_lo", "x_hi"], ["x_c"]),
-             helper.make_node("QuantizeLinear", ["x_c", "s_x", "z8"], ["x_q"]),
-             helper.make_node("DequantizeLinear", ["x_q", "s_x", "z8"], ["x_dq"]),
-             helper.make_node("DequantizeLinear", ["w", "s_w", "z_w"], ["w_dq"], axis=0),
-             helper.make_node("Conv", ["x_dq", "w_dq"], ["conv"], pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["conv", "gamma", "beta", "mean", "var"], ["bn"]),
-             helper.make_node("Relu", ["bn"], ["relu"])]
+    inits = [
+        _init(np.float32(s_x), "s_x"),
+        _init(np.int8(0), "z8"),
+        _init(np.float32(lo * s_x), "x_lo"),
+        _init(np.float32(hi * s_x), "x_hi"),
+        _init(weight, "w"),
+        _init(RNG.uniform(0.01, 0.03, channels).astype(np.float32), "s_w"),
+        _init(np.zeros(channels, np.int8), "z_w"),
+        _init(gamma.astype(np.float32), "gamma"),
+        _init(RNG.normal(0, 0.2, channels).astype(np.float32), "beta"),
+        _init(RNG.normal(0, 0.2, channels).astype(np.float32), "mean"),
+        _init(RNG.uniform(0.5, 2, channels).astype(np.float32), "var"),
+    ]
+    nodes = [
+        helper.make_node("Clip", ["x", "x_lo", "x_hi"], ["x_c"]),
+        helper.make_node("QuantizeLinear", ["x_c", "s_x", "z8"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "s_x", "z8"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w", "s_w", "z_w"], ["w_dq"], axis=0),
+        helper.make_node("Conv", ["x_dq", "w_dq"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["conv", "gamma", "beta", "mean", "var"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["relu"]),
+    ]
     out = "relu"
     if next_bits is not None:
-        inits += [_init(np.float32(s_y), "s_y"), _init(np.uint8(0), "z_u8"), _init(np.float32(0), "y_lo"),
-                  _init(np.float32((2 ** next_bits - 1) * s_y), "y_hi")]
-        nodes += [helper.make_node("Clip", ["relu", "y_lo", "y_hi"], ["y_c"]),
-                  helper.make_node("QuantizeLinear", ["y_c", "s_y", "z_u8"], ["y_q"]),
-                  helper.make_node("DequantizeLinear", ["y_q", "s_y", "z_u8"], ["y"])]
+        inits += [
+            _init(np.float32(s_y), "s_y"),
+            _init(np.uint8(0), "z_u8"),
+            _init(np.float32(0), "y_lo"),
+            _init(np.float32((2**next_bits - 1) * s_y), "y_hi"),
+        ]
+        nodes += [
+            helper.make_node("Clip", ["relu", "y_lo", "y_hi"], ["y_c"]),
+            helper.make_node("QuantizeLinear", ["y_c", "s_y", "z_u8"], ["y_q"]),
+            helper.make_node("DequantizeLinear", ["y_q", "s_y", "z_u8"], ["y"]),
+        ]
         out = "y"
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2, 6, 6])],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None, channels, 6, 6])],
-                              initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2, 6, 6])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None, channels, 6, 6])],
+        initializer=inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -105,7 +125,7 @@ def test_signed_activations_move_into_uint8_exactly(bits):
     x = 30 * _x()  # beyond the 8-bit range too
     before, after = _run(model, x, {"x_dq": F})[1], _run(g.model, x, {"x_dq": F, "x_q": TensorProto.UINT8})[1:]
     np.testing.assert_array_equal(after[0], before)
-    assert after[1].max() == 2 ** bits - 1 and after[1].min() == 0
+    assert after[1].max() == 2**bits - 1 and after[1].min() == 0
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -123,7 +143,7 @@ def test_output_quantizer_moves_up_with_its_clamps_as_an_integer_clip(bits):
     step = 0.1
     assert (after == before).mean() > 0.999 and np.abs(after - before).max() <= step * 1.0001
     if bits < 8:
-        assert after.max() == pytest.approx((2 ** bits - 1) * step)  # saturated at the 4-bit top, as before
+        assert after.max() == pytest.approx((2**bits - 1) * step)  # saturated at the 4-bit top, as before
 
 
 def test_new_output_quantizer_is_calibrated_on_the_batches():
@@ -141,8 +161,9 @@ def test_new_output_quantizer_is_calibrated_on_the_batches():
         qdq.quantize_outputs(unfolded, [], "minmax")
 
 
-@pytest.mark.parametrize("w_bits, a_bits, spread, widened", [(4, 4, 8, False), (2, 8, 32, False), (8, 4, 1, False),
-                                                            (8, 8, 1, True)])
+@pytest.mark.parametrize(
+    "w_bits, a_bits, spread, widened", [(4, 4, 8, False), (2, 8, 32, False), (8, 4, 1, False), (8, 8, 1, True)]
+)
 def test_weights_are_spread_or_widened_so_no_int16_pair_sum_can_saturate(w_bits, a_bits, spread, widened):
     weight = RNG.integers(-(2 ** (w_bits - 1)), 2 ** (w_bits - 1), (3, 2, 3, 3)).astype(np.int8)
     weight[0, 0, 0, 0] = -(2 ** (w_bits - 1))
@@ -156,11 +177,13 @@ def test_weights_are_spread_or_widened_so_no_int16_pair_sum_can_saturate(w_bits,
     assert stored.dtype == (np.uint8 if widened else np.int8)
     integers = stored.astype(np.int32) - zero.astype(np.int32).reshape(-1, 1, 1, 1)
     np.testing.assert_array_equal(integers, weight.astype(np.int32) * spread)
-    largest_input = 2 ** a_bits - 1  # in its uint8 container
+    largest_input = 2**a_bits - 1  # in its uint8 container
     if not widened:
         assert 2 * largest_input * np.abs(integers).max() <= 32767
-    np.testing.assert_array_equal(_run(g.model, np.zeros((1, 2, 6, 6), np.float32), {"w_dq": F})[1],
-                                  _run(model, np.zeros((1, 2, 6, 6), np.float32), {"w_dq": F})[1])
+    np.testing.assert_array_equal(
+        _run(g.model, np.zeros((1, 2, 6, 6), np.float32), {"w_dq": F})[1],
+        _run(model, np.zeros((1, 2, 6, 6), np.float32), {"w_dq": F})[1],
+    )
 
 
 def test_cpu_layout_runs_as_integer_kernels_and_matches_the_graph():
@@ -197,26 +220,41 @@ def _linear_graph(layers: list[tuple[str, int, int]]) -> onnx.ModelProto:
     Gemm(transB=1) on rows (reshaped back after). Each layer has as many outputs as inputs, so they chain."""
     width = layers[0][1]
     inits = [_init(np.float32(0.05), "s_x"), _init(np.int8(0), "z8")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "z8"], ["x_q"]),
-             helper.make_node("DequantizeLinear", ["x_q", "s_x", "z8"], ["h0"])]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s_x", "z8"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "s_x", "z8"], ["h0"]),
+    ]
     for i, (kind, k, w_bits) in enumerate(layers):
         assert k == width
         weight = RNG.integers(-(2 ** (w_bits - 1)), 2 ** (w_bits - 1), (k, k)).astype(np.int8)  # [out, in]
-        inits += [_init(weight, f"w{i}"), _init(RNG.uniform(0.01, 0.03, k).astype(np.float32), f"s{i}"),
-                  _init(np.zeros(k, np.int8), f"z{i}"), _init(RNG.normal(0, 0.1, k).astype(np.float32), f"b{i}")]
+        inits += [
+            _init(weight, f"w{i}"),
+            _init(RNG.uniform(0.01, 0.03, k).astype(np.float32), f"s{i}"),
+            _init(np.zeros(k, np.int8), f"z{i}"),
+            _init(RNG.normal(0, 0.1, k).astype(np.float32), f"b{i}"),
+        ]
         nodes.append(helper.make_node("DequantizeLinear", [f"w{i}", f"s{i}", f"z{i}"], [f"w{i}_dq"], axis=0))
         if kind == "matmul":
-            nodes += [helper.make_node("Transpose", [f"w{i}_dq"], [f"w{i}_t"], perm=[1, 0]),
-                      helper.make_node("MatMul", [f"h{i}", f"w{i}_t"], [f"m{i}"]),
-                      helper.make_node("Add", [f"m{i}", f"b{i}"], [f"h{i + 1}"])]
+            nodes += [
+                helper.make_node("Transpose", [f"w{i}_dq"], [f"w{i}_t"], perm=[1, 0]),
+                helper.make_node("MatMul", [f"h{i}", f"w{i}_t"], [f"m{i}"]),
+                helper.make_node("Add", [f"m{i}", f"b{i}"], [f"h{i + 1}"]),
+            ]
         else:
             inits.append(_init(np.array([-1, k], np.int64), f"rows{i}"))
             inits.append(_init(np.array([0, -1, k], np.int64), f"tokens{i}"))
-            nodes += [helper.make_node("Reshape", [f"h{i}", f"rows{i}"], [f"r{i}"]),
-                      helper.make_node("Gemm", [f"r{i}", f"w{i}_dq", f"b{i}"], [f"g{i}"], transB=1),
-                      helper.make_node("Reshape", [f"g{i}", f"tokens{i}"], [f"h{i + 1}"])]
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", F, [None, 3, width])],
-                              [helper.make_tensor_value_info(f"h{len(layers)}", F, [None, 3, width])], initializer=inits)
+            nodes += [
+                helper.make_node("Reshape", [f"h{i}", f"rows{i}"], [f"r{i}"]),
+                helper.make_node("Gemm", [f"r{i}", f"w{i}_dq", f"b{i}"], [f"g{i}"], transB=1),
+                helper.make_node("Reshape", [f"g{i}", f"tokens{i}"], [f"h{i + 1}"]),
+            ]
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", F, [None, 3, width])],
+        [helper.make_tensor_value_info(f"h{len(layers)}", F, [None, 3, width])],
+        initializer=inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -122,8 +122,9 @@ def _lsq_expected_grads(x, step, qmin, qmax, upstream, g_scale):
     """Reference per-element LSQ gradients (Esser et al. 2020, eq. 3) and the input gradient."""
     v = x / step
     inside = (v >= qmin) & (v <= qmax)
-    d_step = torch.where(v < qmin, torch.full_like(v, qmin), torch.where(v > qmax, torch.full_like(v, qmax),
-                                                                        torch.round(v) - v))
+    d_step = torch.where(
+        v < qmin, torch.full_like(v, qmin), torch.where(v > qmax, torch.full_like(v, qmax), torch.round(v) - v)
+    )
     d_x = inside.to(x.dtype)
     return upstream * d_x, upstream * d_step * g_scale
 
@@ -388,7 +389,8 @@ def test_mse_beats_minmax_on_heavy_tailed_tensor():
     chi2 = torch.randn(20000, 3, generator=g).pow(2).sum(1)
     t = (normal / torch.sqrt(chi2 / 3))[None, :]
     assert _quant_error(t, init_step_size(t, 4, True, "mse"), 4, True) < _quant_error(
-        t, init_step_size(t, 4, True, "minmax"), 4, True)
+        t, init_step_size(t, 4, True, "minmax"), 4, True
+    )
 
 
 def test_mse_beats_minmax_through_calibrate():
@@ -447,8 +449,9 @@ def test_model_size_bytes_exact_tiny_model():
     # Conv2d(1,4,3): weight 36, bias 4. BatchNorm2d(4): weight, bias, running mean/var 4 each
     # (num_batches_tracked is an integer). Linear(4,3): weight 12, bias 3.
     def make():
-        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                             nn.Flatten(), nn.Linear(4, 3))
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+        )
 
     fp32_floats = 36 + 4 + 4 * 4 + 12 + 3
     assert model_size_bytes(make()) == {"fp32_bytes": fp32_floats * 4, "packed_bytes": fp32_floats * 4}
@@ -543,7 +546,10 @@ def test_conv_on_data_input_gives_the_gradients_of_backprop_through_the_input(bi
         (out * upstream).sum().backward()
         return out.detach(), {name: p.grad.clone() for name, p in conv.named_parameters()}
 
-    assert conv.input_quantizer.quantize_data(x) is not None and conv.input_quantizer.quantize_data(x.clone().requires_grad_()) is None
+    assert (
+        conv.input_quantizer.quantize_data(x) is not None
+        and conv.input_quantizer.quantize_data(x.clone().requires_grad_()) is None
+    )
     out, grads = gradients(x)
     reference_out, reference = gradients(x.clone().requires_grad_())  # plain backprop through the input
     assert torch.equal(out, reference_out)

@@ -9,7 +9,6 @@ from timm.layers.attention import Attention
 from timm.models.swin_transformer import WindowAttention
 
 from helpers import export_quantized
-
 from qatstudy import quant
 from qatstudy.models import create_model
 from qatstudy.quant import QuantScheme, QuantViTAttention, QuantWindowAttention
@@ -31,8 +30,9 @@ def test_quantized_attention_reproduces_timm_when_quantizers_observe(name):
     """With every quantizer passing values through, the rewritten forward is timm's forward."""
     reference = _model(name)
     model = _model(name)
-    assert quant.quantize_attention(model, 8) == sum(isinstance(m, (Attention, WindowAttention))
-                                                     for m in reference.modules())
+    assert quant.quantize_attention(model, 8) == sum(
+        isinstance(m, (Attention, WindowAttention)) for m in reference.modules()
+    )
     for _, q in quant.quantizers(model):
         q.observer = lambda x: None
     x = torch.randn(4, 1, 28, 28)
@@ -47,8 +47,10 @@ def test_calibration_initialises_attention_quantizers_with_the_right_signs(name)
     assert attention
     quant.calibrate(model, [torch.randn(8, 1, 28, 28)], method="mse")
     for module in attention:
-        assert all(bool(q.initialized) for q in (module.q_quantizer, module.k_quantizer, module.v_quantizer,
-                                                  module.attn_quantizer))
+        assert all(
+            bool(q.initialized)
+            for q in (module.q_quantizer, module.k_quantizer, module.v_quantizer, module.attn_quantizer)
+        )
         assert not module.attn_quantizer.signed  # softmax probabilities are never negative
         assert module.q_quantizer.signed and module.v_quantizer.signed
         assert module.attn_quantizer.bits == 6 and module.qkv.weight_quantizer.bits == 4
@@ -80,12 +82,14 @@ def test_attention_quantized_model_exports_with_qdq_matmul_inputs(name):
     graph = onnx.load_from_string(exported).graph
     producers = {out: node.op_type for node in graph.node for out in node.output}
     matmuls = [n for n in graph.node if n.op_type == "MatMul" and all(i in producers for i in n.input)]
+
     # the two attention matmuls per block take dequantized operands (through layout ops)
     def source(name):
         seen = name
         while producers.get(seen) in {"Transpose", "Reshape", "Mul"}:
             seen = next(n for n in graph.node if seen in n.output).input[0]
         return producers.get(seen)
+
     activation_matmuls = [n for n in matmuls if all(source(i) == "DequantizeLinear" for i in n.input)]
     blocks = sum(isinstance(m, (QuantViTAttention, QuantWindowAttention)) for m in model.modules())
     assert len(activation_matmuls) >= 2 * blocks

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from helpers import export_quantized
-
 from qatstudy import quant
 from qatstudy.models import create_model
 from qatstudy.quant import LSQQuantizer, QuantScheme
@@ -61,7 +60,9 @@ def test_asymmetric_init_covers_skewed_data_better_than_symmetric(method):
     with torch.no_grad():
         assert ((asym(x) - x) ** 2).mean() < ((sym(x) - x) ** 2).mean()
     if method == "minmax":
-        assert float(offset) == pytest.approx(float(x.min())) and float(offset + 15 * step) == pytest.approx(float(x.max()))
+        assert float(offset) == pytest.approx(float(x.min())) and float(offset + 15 * step) == pytest.approx(
+            float(x.max())
+        )
 
 
 def test_mse_asymmetric_init_beats_minmax_with_outliers():
@@ -92,8 +93,17 @@ def test_mse_asymmetric_init_keeps_a_relu_floor_and_matches_unsigned(bits):
 
 
 def _small_cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 16),
+        nn.GELU(),
+        nn.Linear(16, 10),
+    )
 
 
 def test_per_tensor_weights_have_one_step_and_match_torch():
@@ -108,8 +118,13 @@ def test_per_tensor_weights_have_one_step_and_match_torch():
     assert s == pytest.approx(float(conv.weight.abs().max()) / 7, rel=1e-6)
 
 
-@pytest.mark.parametrize(("arch", "kwargs"), [("resnet10t", {"channels": [8, 16, 32, 64]}),
-                                              ("vit_convstem_tiny", {"embed_dim": 16, "depth": 1, "num_heads": 2})])
+@pytest.mark.parametrize(
+    ("arch", "kwargs"),
+    [
+        ("resnet10t", {"channels": [8, 16, 32, 64]}),
+        ("vit_convstem_tiny", {"embed_dim": 16, "depth": 1, "num_heads": 2}),
+    ],
+)
 def test_first_last_bits_apply_to_stem_and_head_only(arch, kwargs):
     model = create_model(arch, num_classes=10, in_chans=1, kwargs=kwargs)
     quant.quantize_model(model, QuantScheme(3, 3, first_last_bits=8))
@@ -128,7 +143,9 @@ def test_depthwise_input_bits_apply_to_depthwise_inputs_only():
     layers = dict(quant.quant_modules(model))
     depthwise = {name for name, m in layers.items() if quant.is_depthwise(m)}
     assert len(depthwise) == 17 and all(name.endswith("conv_dw") for name in depthwise)
-    assert {(m.weight_quantizer.bits, m.input_quantizer.bits) for name, m in layers.items() if name in depthwise} == {(4, 8)}
+    assert {(m.weight_quantizer.bits, m.input_quantizer.bits) for name, m in layers.items() if name in depthwise} == {
+        (4, 8)
+    }
     assert (layers["conv_stem"].input_quantizer.bits, layers["classifier"].input_quantizer.bits) == (8, 8)
     others = [m for name, m in layers.items() if name not in depthwise | {"conv_stem", "classifier"}]
     assert {(m.weight_quantizer.bits, m.input_quantizer.bits) for m in others} == {(4, 4)}
@@ -139,14 +156,23 @@ def test_residual_bits_quantize_every_resnet_shortcut_signed():
     there are some); the FP32 weights keep their names; the shortcut output is the quantizer's."""
     torch.manual_seed(0)
     fp32 = create_model("resnet10t", num_classes=10, in_chans=1)  # layer1 keeps its width: no downsampling
-    model = quant.quantize_model(create_model("resnet10t", num_classes=10, in_chans=1), QuantScheme(4, 4, residual_bits=8))
+    model = quant.quantize_model(
+        create_model("resnet10t", num_classes=10, in_chans=1), QuantScheme(4, 4, residual_bits=8)
+    )
     missing, unexpected = model.load_state_dict(fp32.state_dict(), strict=False)
     quantizer_state = {f"{name}.{key}" for name, q in quant.quantizers(model) for key in q.state_dict()}
     assert not unexpected and set(missing) == quantizer_state
-    shortcuts = {name: q for name, q in quant.quantizers(model) if name.split(".")[-1] not in
-                 ("weight_quantizer", "input_quantizer")}
-    assert sorted(shortcuts) == ["layer1.0.downsample", "layer2.0.downsample.3", "layer3.0.downsample.3",
-                                 "layer4.0.downsample.3"]
+    shortcuts = {
+        name: q
+        for name, q in quant.quantizers(model)
+        if name.split(".")[-1] not in ("weight_quantizer", "input_quantizer")
+    }
+    assert sorted(shortcuts) == [
+        "layer1.0.downsample",
+        "layer2.0.downsample.3",
+        "layer3.0.downsample.3",
+        "layer4.0.downsample.3",
+    ]
     quant.calibrate(model.eval(), [torch.randn(16, 1, 28, 28)], method="mse")
     # layer1's shortcut follows a ReLU and max-pool, so its input is never negative: it stays signed anyway
     assert all(q.bits == 8 and q.signed for q in shortcuts.values())
@@ -156,10 +182,15 @@ def test_residual_bits_quantize_every_resnet_shortcut_signed():
     step = float(block.downsample[-1].step)
     assert torch.allclose(seen["shortcut"] / step, torch.round(seen["shortcut"] / step), atol=1e-4)
     # the sensitivity analysis wraps named layers only: no shortcut quantizers then
-    named = quant.quantize_model(create_model("resnet10t", num_classes=10, in_chans=1), QuantScheme(4, 4, residual_bits=8),
-                                 names=["layer1.0.conv1"])
-    assert [name for name, _ in quant.quantizers(named)] == ["layer1.0.conv1.weight_quantizer",
-                                                            "layer1.0.conv1.input_quantizer"]
+    named = quant.quantize_model(
+        create_model("resnet10t", num_classes=10, in_chans=1),
+        QuantScheme(4, 4, residual_bits=8),
+        names=["layer1.0.conv1"],
+    )
+    assert [name for name, _ in quant.quantizers(named)] == [
+        "layer1.0.conv1.weight_quantizer",
+        "layer1.0.conv1.input_quantizer",
+    ]
 
 
 def test_scheme_validates_bits_and_parses_tags_with_options():
@@ -176,8 +207,9 @@ def test_scheme_validates_bits_and_parses_tags_with_options():
 
 def test_asymmetric_per_tensor_mixed_model_exports_to_matching_onnx():
     torch.manual_seed(0)
-    model = quant.quantize_model(_small_cnn(), QuantScheme(4, 4, weight_per_channel=False, act_asymmetric=True,
-                                                           first_last_bits=8)).eval()
+    model = quant.quantize_model(
+        _small_cnn(), QuantScheme(4, 4, weight_per_channel=False, act_asymmetric=True, first_last_bits=8)
+    ).eval()
     quant.calibrate(model, [torch.randn(32, 1, 8, 8)], method="mse")
     x = torch.randn(16, 1, 8, 8)
     expected, exported = export_quantized(model, x)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from qatstudy.io import read_json
 from helpers import free_port, needs_fashion_mnist
+from qatstudy.io import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -33,8 +33,10 @@ GPU_RULES = {"train_fp32"}
 MEMORY_MB = 64_000  # declared node memory: fits the profile's requests, up to 16 GB x 3 attempts (not enforced)
 
 pytestmark = [
-    pytest.mark.skipif(not all(Path(d).exists() for d in DAEMONS) or not shutil.which("sbatch"),
-                       reason="no SLURM here (slurmctld, slurmd, munged, sbatch): apt-get install slurm-wlm munge"),
+    pytest.mark.skipif(
+        not all(Path(d).exists() for d in DAEMONS) or not shutil.which("sbatch"),
+        reason="no SLURM here (slurmctld, slurmd, munged, sbatch): apt-get install slurm-wlm munge",
+    ),
     pytest.mark.skipif(os.geteuid() != 0, reason="slurmd must run as root to start jobs"),
     needs_fashion_mnist,
 ]
@@ -44,8 +46,9 @@ def node_line() -> str:
     """This machine as slurmd sees it (CPUs, sockets, cores, threads), named localhost, with MEMORY_MB."""
     line = subprocess.run(["/usr/sbin/slurmd", "-C"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
     fields = dict(item.split("=", 1) for item in line.split())
-    fields.update(NodeName="localhost", NodeHostname="localhost", RealMemory=str(MEMORY_MB), Gres="gpu:1",
-                  State="UNKNOWN")
+    fields.update(
+        NodeName="localhost", NodeHostname="localhost", RealMemory=str(MEMORY_MB), Gres="gpu:1", State="UNKNOWN"
+    )
     return " ".join(f"{k}={v}" for k, v in fields.items())
 
 
@@ -118,20 +121,37 @@ def cluster(tmp_path_factory) -> dict:
     env = {**os.environ, "SLURM_CONF": str(root / "slurm.conf"), "PATH": f"{shims}:{os.environ['PATH']}"}
     logs = [munge / "munged.log", root / "slurmctld.log", root / "slurmd.log", root / "daemons.out"]
     out = open(root / "daemons.out", "w")
-    daemons = [subprocess.Popen(["/usr/sbin/munged", "--foreground", "--force", f"--socket={munge_socket}",
-                                 f"--key-file={key}", f"--pid-file={munge / 'munged.pid'}",
-                                 f"--log-file={munge / 'munged.log'}", f"--seed-file={munge / 'munged.seed'}"],
-                                stdout=out, stderr=out)]
+    daemons = [
+        subprocess.Popen(
+            [
+                "/usr/sbin/munged",
+                "--foreground",
+                "--force",
+                f"--socket={munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={munge / 'munged.pid'}",
+                f"--log-file={munge / 'munged.log'}",
+                f"--seed-file={munge / 'munged.seed'}",
+            ],
+            stdout=out,
+            stderr=out,
+        )
+    ]
     try:
         wait_for(munge_socket.exists, "munged's socket", logs)
-        daemons.append(subprocess.Popen(["/usr/sbin/slurmctld", "-D", "-f", env["SLURM_CONF"]], env=env, stdout=out,
-                                        stderr=out))
-        daemons.append(subprocess.Popen(["/usr/sbin/slurmd", "-D", "-N", "localhost", "-f", env["SLURM_CONF"]],
-                                        env=env, stdout=out, stderr=out))
+        daemons.append(
+            subprocess.Popen(["/usr/sbin/slurmctld", "-D", "-f", env["SLURM_CONF"]], env=env, stdout=out, stderr=out)
+        )
+        daemons.append(
+            subprocess.Popen(
+                ["/usr/sbin/slurmd", "-D", "-N", "localhost", "-f", env["SLURM_CONF"]], env=env, stdout=out, stderr=out
+            )
+        )
 
         def node_idle() -> bool:
-            state = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%T"], env=env, capture_output=True,
-                                   text=True)
+            state = subprocess.run(
+                ["sinfo", "--noheader", "--Node", "--format=%T"], env=env, capture_output=True, text=True
+            )
             return state.stdout.strip() == "idle"
 
         wait_for(node_idle, "the node's turning idle in sinfo", logs)
@@ -150,17 +170,43 @@ def cluster(tmp_path_factory) -> dict:
 
 def snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     """The profile by its name, as the README gives it: found in the repository root, the working directory."""
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                           str(workdir), "--profile", "slurm", "--configfile", str(TINY),
-                           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-                           "--slurm-keep-successful-logs", *args], capture_output=True, text=True, env=env, cwd=REPO)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--profile",
+            "slurm",
+            "--configfile",
+            str(TINY),
+            "--slurm-status-command",
+            "squeue",
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--slurm-keep-successful-logs",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def jobs(env: dict) -> list[dict]:
     """Every job this cluster has seen lately (finished ones for MinJobAge), as squeue reports them."""
     fields = ["JobID", "Comment", "State", "tres-per-job", "MinMemory", "TimeLimit", "NumCPUs"]
-    listing = subprocess.run(["squeue", "--states=all", "--noheader", "--Format", ",".join(f"{f}:|" for f in fields)],
-                             env=env, capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--Format", ",".join(f"{f}:|" for f in fields)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [dict(zip(fields, (v.strip() for v in line.split("|")))) for line in listing.splitlines() if line.strip()]
 
 
@@ -168,8 +214,9 @@ def jobs(env: dict) -> list[dict]:
 def study(cluster, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("slurm_study")
     result = snakemake(workdir, cluster["env"], TARGET)
-    assert result.returncode == 0, (f"snakemake --profile slurm failed:\n{result.stdout[-3000:]}\n"
-                                    f"{result.stderr[-6000:]}")
+    assert result.returncode == 0, (
+        f"snakemake --profile slurm failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
     return workdir
 
 

@@ -8,15 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from helpers import make_tiny_dataset
 from qatstudy import quant, stages
 from qatstudy import train as train_module
 from qatstudy.models import count_parameters
-from helpers import make_tiny_dataset
 
 torch.set_num_threads(1)
 
@@ -29,23 +28,40 @@ TIMING = {"epoch_time_s", "images_per_s", "train_time_s", "calib_time_s"}
 SCHEME = quant.QuantScheme(4, 4)
 
 
-
-
 def settings(epochs: int = 1) -> stages.TrainSettings:
     return stages.TrainSettings(epochs=epochs, batch_size=BATCH, lr=3e-3, weight_decay=0.01)
 
 
 def run_fp32(data: Path, folder: Path, *, epochs: int = 1, seed: int = 0, log=None) -> dict:
-    return stages.train_fp32(data=str(data), arch=ARCH, kwargs=KWARGS, identity=IDENTITY, settings=settings(epochs),
-                             seed=seed, pretrained=False, checkpoint=str(folder / "model.pt"),
-                             metrics=str(folder / "metrics.json"), log=log or (lambda _: None))
+    return stages.train_fp32(
+        data=str(data),
+        arch=ARCH,
+        kwargs=KWARGS,
+        identity=IDENTITY,
+        settings=settings(epochs),
+        seed=seed,
+        pretrained=False,
+        checkpoint=str(folder / "model.pt"),
+        metrics=str(folder / "metrics.json"),
+        log=log or (lambda _: None),
+    )
 
 
 def run_qat(data: Path, fp32_ckpt: Path, folder: Path, *, epochs: int = 1, log=None) -> dict:
-    return stages.qat(data=str(data), fp32_checkpoint=str(fp32_ckpt), scheme=SCHEME, identity=IDENTITY,
-                      settings=settings(epochs), calibration="mse", calib_images=64, seed=0, fp32_seed=0,
-                      checkpoint=str(folder / "model.pt"), metrics=str(folder / "metrics.json"),
-                      log=log or (lambda _: None))
+    return stages.qat(
+        data=str(data),
+        fp32_checkpoint=str(fp32_ckpt),
+        scheme=SCHEME,
+        identity=IDENTITY,
+        settings=settings(epochs),
+        calibration="mse",
+        calib_images=64,
+        seed=0,
+        fp32_seed=0,
+        checkpoint=str(folder / "model.pt"),
+        metrics=str(folder / "metrics.json"),
+        log=log or (lambda _: None),
+    )
 
 
 def without_timings(record: dict) -> dict:
@@ -125,8 +141,9 @@ def test_train_fp32_deterministic(data, fp32, tmp_path):
     assert without_timings(again) == without_timings(record)
     assert_same_state(state_dict(tmp_path / "again" / "model.pt"), state_dict(folder / "model.pt"))
     other = run_fp32(data, tmp_path / "other", seed=1)  # and the seed matters
-    assert not torch.equal(state_dict(tmp_path / "other" / "model.pt")["head.weight"],
-                           state_dict(folder / "model.pt")["head.weight"])
+    assert not torch.equal(
+        state_dict(tmp_path / "other" / "model.pt")["head.weight"], state_dict(folder / "model.pt")["head.weight"]
+    )
     assert other["seed"] == 1
 
 
@@ -176,9 +193,17 @@ def test_resume_file_with_other_settings_is_ignored(data, tmp_path, monkeypatch)
 
 def test_ptq_metrics(data, fp32, tmp_path):
     folder, fp32_record = fp32
-    record = stages.ptq(data=str(data), fp32_checkpoint=str(folder / "model.pt"), scheme=SCHEME, identity=IDENTITY,
-                        calibration="mse", calib_images=64, seed=0, metrics=str(tmp_path / "metrics.json"),
-                        log=lambda _: None)
+    record = stages.ptq(
+        data=str(data),
+        fp32_checkpoint=str(folder / "model.pt"),
+        scheme=SCHEME,
+        identity=IDENTITY,
+        calibration="mse",
+        calib_images=64,
+        seed=0,
+        metrics=str(tmp_path / "metrics.json"),
+        log=lambda _: None,
+    )
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(record))
     assert (record["method"], record["w_bits"], record["a_bits"]) == ("ptq", 4, 4)
     assert record["calibration"] == "mse" and record["calib_images"] == 64
@@ -189,27 +214,44 @@ def test_ptq_metrics(data, fp32, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "metrics.json"]  # PTQ writes no checkpoint
 
 
-@pytest.mark.parametrize("val_after, min_gain, kept", [(40.0, 0.0, False), (50.0, 0.0, True), (50.02, 0.1, False),
-                                                      (50.1, 0.1, True)])
-def test_batchnorm_reestimation_is_kept_only_where_validation_gains_the_margin(data, fp32, monkeypatch, val_after,
-                                                                              min_gain, kept):
+@pytest.mark.parametrize(
+    "val_after, min_gain, kept", [(40.0, 0.0, False), (50.0, 0.0, True), (50.02, 0.1, False), (50.1, 0.1, True)]
+)
+def test_batchnorm_reestimation_is_kept_only_where_validation_gains_the_margin(
+    data, fp32, monkeypatch, val_after, min_gain, kept
+):
     folder, _ = fp32
     splits = stages.Splits(str(data))
-    model = stages._quantized_from_fp32(str(folder / "model.pt"), SCHEME, splits, calibration="mse", calib_images=64,
-                                        bn_reestimation=stages.BatchnormReestimation(), batch_size=BATCH, seed=0)[0]
+    model = stages._quantized_from_fp32(
+        str(folder / "model.pt"),
+        SCHEME,
+        splits,
+        calibration="mse",
+        calib_images=64,
+        bn_reestimation=stages.BatchnormReestimation(),
+        batch_size=BATCH,
+        seed=0,
+    )[0]
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     before = [bn.running_mean.clone() for bn in norms]
     val = iter([50.0, val_after])
     monkeypatch.setattr(stages, "evaluate", lambda *args: next(val))
     settings = stages.BatchnormReestimation(images=64, min_gain=min_gain)
     record = stages.reestimate_batchnorm_if_better(model, splits, settings, batch_size=BATCH, seed=0)
-    assert record == {"reestimated": kept, "norms": len(norms), "images": 64, "min_gain": min_gain,
-                      "val_top1_before": 50.0, "val_top1_after": val_after}
+    assert record == {
+        "reestimated": kept,
+        "norms": len(norms),
+        "images": 64,
+        "min_gain": min_gain,
+        "val_top1_before": 50.0,
+        "val_top1_after": val_after,
+    }
     assert len(norms) == 2  # the conv stem's
     changed = [not torch.equal(bn.running_mean, b) for bn, b in zip(norms, before)]
     assert all(changed) if kept else not any(changed)
-    assert stages.reestimate_batchnorm_if_better(model, splits, stages.BatchnormReestimation(), batch_size=BATCH,
-                                                 seed=0) == {"reestimated": False, "norms": 2}
+    assert stages.reestimate_batchnorm_if_better(
+        model, splits, stages.BatchnormReestimation(), batch_size=BATCH, seed=0
+    ) == {"reestimated": False, "norms": 2}
 
 
 def test_qat_checkpoint_round_trip_and_frozen_batchnorm(data, fp32, tmp_path, monkeypatch):
@@ -257,8 +299,11 @@ def test_quantizer_steps_train_at_their_own_learning_rate(data, tmp_path):
     # calibration decides each activation quantizer's zero point (unsigned: a larger qmax)
     stages.calibrate_on_training_split(model, splits, method="minmax", images=BATCH, batch_size=BATCH, seed=0)
     halved = dataclasses.replace(settings(), quantizer_lr_scale=0.5)
-    lr_of = {id(p): (group.get("lr", halved.lr), group["weight_decay"]) for group in train_module.param_groups(model, halved)
-             for p in group["params"]}
+    lr_of = {
+        id(p): (group.get("lr", halved.lr), group["weight_decay"])
+        for group in train_module.param_groups(model, halved)
+        for p in group["params"]
+    }
     assert len(lr_of) == len(list(model.parameters()))
     for name, q in quant.quantizers(model):
         assert lr_of[id(q.step)] == (halved.lr * 0.5 / q.step_levels, 0.0), name
@@ -268,8 +313,7 @@ def test_quantizer_steps_train_at_their_own_learning_rate(data, tmp_path):
     frozen_steps = dataclasses.replace(settings(), quantizer_lr_scale=0.0)
     steps = {name: q.step.detach().clone() for name, q in quant.quantizers(model)}
     weight = model.head.weight.detach().clone()
-    train_module.fit(model, splits, frozen_steps, seed=0, resume_path=tmp_path / "resume",
-                     log=lambda _: None)
+    train_module.fit(model, splits, frozen_steps, seed=0, resume_path=tmp_path / "resume", log=lambda _: None)
     assert all(torch.equal(q.step, steps[name]) for name, q in quant.quantizers(model))
     assert not torch.equal(model.head.weight, weight)
 
@@ -328,16 +372,29 @@ def test_qat_with_distillation_regularizer_and_multicrop_records_oscillation(dat
     from qatstudy.objectives import QATSettings
 
     folder, _ = fp32
-    objective = QATSettings(distill_weight=0.5, distill_temperature=2.0, crops=2, regularizer_weight=0.1,
-                            freeze_threshold=0.5)
-    record = stages.qat(data=str(data), fp32_checkpoint=str(folder / "model.pt"), scheme=SCHEME, identity=IDENTITY,
-                        settings=settings(1), calibration="minmax", calib_images=64, seed=0,
-                        checkpoint=str(tmp_path / "model.pt"), metrics=str(tmp_path / "metrics.json"),
-                        objective=objective, log=lambda _: None)
+    objective = QATSettings(
+        distill_weight=0.5, distill_temperature=2.0, crops=2, regularizer_weight=0.1, freeze_threshold=0.5
+    )
+    record = stages.qat(
+        data=str(data),
+        fp32_checkpoint=str(folder / "model.pt"),
+        scheme=SCHEME,
+        identity=IDENTITY,
+        settings=settings(1),
+        calibration="minmax",
+        calib_images=64,
+        seed=0,
+        checkpoint=str(tmp_path / "model.pt"),
+        metrics=str(tmp_path / "metrics.json"),
+        objective=objective,
+        log=lambda _: None,
+    )
     assert record["objective"]["distill_weight"] == 0.5 and record["objective"]["crops"] == 2
     epoch = record["history"][0]
     assert 0.0 <= epoch["oscillating_share"] <= 1.0 and 0.0 <= epoch["frozen_share"] <= 1.0
-    assert set(epoch["layers"]) == {name for name, _ in quant.quant_modules(stages.load_checkpoint(tmp_path / "model.pt")[0])}
+    assert set(epoch["layers"]) == {
+        name for name, _ in quant.quant_modules(stages.load_checkpoint(tmp_path / "model.pt")[0])
+    }
     plain = run_qat(data, folder / "model.pt", tmp_path / "plain")
     assert plain["history"][0]["oscillating_share"] >= 0.0  # tracking is always on
     assert record["test_top1"] >= 0.0 and record != plain

@@ -23,8 +23,16 @@ from qatstudy.trt_jobs import benchmark_engines, build_engine, check_same_device
 FIXTURES = Path(__file__).parent / "fixtures" / "trtexec"
 STAND_INS = Path(__file__).parent / "stand_ins"
 BUILD = {"float_precision": "fp16", "strongly_typed": False, "workspace_mib": 256}
-BENCH = {"warmup_ms": 1000, "duration_s": 10, "iterations": 100, "cuda_graph": True, "data_transfers": False,
-         "spin_wait": False, "power_interval_ms": 100, "power_rails": None}
+BENCH = {
+    "warmup_ms": 1000,
+    "duration_s": 10,
+    "iterations": 100,
+    "cuda_graph": True,
+    "data_transfers": False,
+    "spin_wait": False,
+    "power_interval_ms": 100,
+    "power_rails": None,
+}
 
 
 def fixture(name: str) -> str:
@@ -34,12 +42,15 @@ def fixture(name: str) -> str:
 # ------------------------------------------------------------------------------------------ commands
 
 
-@pytest.mark.parametrize(("settings", "quantized", "flags"), [
-    (BUILD, True, ["--fp16", "--int8"]),        # Q/DQ layers in INT8, the rest in FP16
-    (BUILD, False, ["--fp16"]),                  # the FP32 model deployed in FP16
-    ({**BUILD, "float_precision": "fp32"}, False, []),
-    ({**BUILD, "strongly_typed": True}, True, ["--stronglyTyped"]),  # types from the ONNX file only
-])
+@pytest.mark.parametrize(
+    ("settings", "quantized", "flags"),
+    [
+        (BUILD, True, ["--fp16", "--int8"]),  # Q/DQ layers in INT8, the rest in FP16
+        (BUILD, False, ["--fp16"]),  # the FP32 model deployed in FP16
+        ({**BUILD, "float_precision": "fp32"}, False, []),
+        ({**BUILD, "strongly_typed": True}, True, ["--stronglyTyped"]),  # types from the ONNX file only
+    ],
+)
 def test_precision_flags(settings, quantized, flags):
     assert trt.precision_flags(settings, quantized) == flags
     args = trt.build_args(settings, quantized=quantized, batch=8, image_shape=[1, 28, 28])
@@ -48,14 +59,32 @@ def test_precision_flags(settings, quantized, flags):
 
 def test_build_and_bench_arguments():
     build = trt.build_args(BUILD, quantized=True, batch=8, image_shape=[1, 28, 28])
-    for arg in ["--onnx=model.onnx", "--saveEngine=model.engine", "--minShapes=input:8x1x28x28",
-                "--optShapes=input:8x1x28x28", "--maxShapes=input:8x1x28x28", "--memPoolSize=workspace:256M",
-                "--skipInference", "--profilingVerbosity=detailed", "--exportLayerInfo=layers.json"]:
+    for arg in [
+        "--onnx=model.onnx",
+        "--saveEngine=model.engine",
+        "--minShapes=input:8x1x28x28",
+        "--optShapes=input:8x1x28x28",
+        "--maxShapes=input:8x1x28x28",
+        "--memPoolSize=workspace:256M",
+        "--skipInference",
+        "--profilingVerbosity=detailed",
+        "--exportLayerInfo=layers.json",
+    ]:
         assert arg in build
     bench = trt.bench_args(BENCH, batch=8, image_shape=[1, 28, 28])
-    for arg in ["--loadEngine=model.engine", "--shapes=input:8x1x28x28", "--warmUp=1000", "--duration=10",
-                "--iterations=100", "--percentile=50,90,99", "--exportTimes=times.json", "--separateProfileRun",
-                "--exportProfile=profile.json", "--useCudaGraph", "--noDataTransfers"]:
+    for arg in [
+        "--loadEngine=model.engine",
+        "--shapes=input:8x1x28x28",
+        "--warmUp=1000",
+        "--duration=10",
+        "--iterations=100",
+        "--percentile=50,90,99",
+        "--exportTimes=times.json",
+        "--separateProfileRun",
+        "--exportProfile=profile.json",
+        "--useCudaGraph",
+        "--noDataTransfers",
+    ]:
         assert arg in bench
     assert "--useSpinWait" not in bench
     with_copies = trt.bench_args({**BENCH, "data_transfers": True, "cuda_graph": False}, batch=1, image_shape=[3])
@@ -63,8 +92,9 @@ def test_build_and_bench_arguments():
 
 
 def test_scripts_are_posix_shell():
-    script = trt.trtexec_script(trt.bench_args(BENCH, batch=1, image_shape=[1, 4, 4]), [trt.ENGINE_FILE],
-                                power_interval_ms=100)
+    script = trt.trtexec_script(
+        trt.bench_args(BENCH, batch=1, image_shape=[1, 4, 4]), [trt.ENGINE_FILE], power_interval_ms=100
+    )
     for text in (script, trt.probe_script()):
         subprocess.run(["sh", "-n", "-c", text], check=True)  # parses under a POSIX shell
     assert "tar xf -" in script and "tar cf - ." in script and "rm -f model.engine" in script
@@ -98,9 +128,17 @@ def test_failed_build_says_why():
 def test_parse_bench_log():
     report = trt.parse_trtexec_log(fixture("bench_int8_b1.log"))
     assert report["throughput_qps"] == pytest.approx(2150.37)
-    assert report["latency_ms"] == pytest.approx({"min": 0.43457, "max": 1.02539, "mean": 0.460213,
-                                                  "median": 0.458008, "p50": 0.458008, "p90": 0.468994,
-                                                  "p99": 0.515137})
+    assert report["latency_ms"] == pytest.approx(
+        {
+            "min": 0.43457,
+            "max": 1.02539,
+            "mean": 0.460213,
+            "median": 0.458008,
+            "p50": 0.458008,
+            "p90": 0.468994,
+            "p99": 0.515137,
+        }
+    )
     assert report["gpu_compute_ms"]["mean"] == pytest.approx(0.460213)
     assert report["h2d_ms"]["max"] == 0.0 and report["host_walltime_s"] == pytest.approx(10.0003)
     assert report["context_device_mib"] == pytest.approx(0.192383)
@@ -112,8 +150,13 @@ def test_export_times_and_bench_row():
     report = trt.parse_trtexec_log(fixture("bench_int8_b1.log"))
     times = trt.parse_export_times(fixture("times_b1.json"))
     assert len(times) == 5 and times[4]["latencyMs"] == pytest.approx(0.52)
-    power = {"power_w": 10.5, "power_rails": ["VDD_GPU_SOC"], "rail_mean_mw": {}, "power_samples": 9,
-             "power_window": "timed run"}
+    power = {
+        "power_w": 10.5,
+        "power_rails": ["VDD_GPU_SOC"],
+        "rail_mean_mw": {},
+        "power_samples": 9,
+        "power_window": "timed run",
+    }
     row = trt.bench_row(report, times, power, batch=4, engine_bytes=1000, onnx_bytes=3000, precision="int8+fp16")
     assert row["backend"] == "tensorrt" and row["batch"] == 4 and row["iterations"] == 5
     assert row["latency_ms_p50"] == pytest.approx(0.46)
@@ -189,8 +232,9 @@ def test_layer_precisions():
 
 
 def test_ssh_command_and_environment():
-    transport = remote.Transport.from_environment("ssh", {remote.HOST_ENV: "orin", remote.SSH_CONFIG_ENV: "/c",
-                                                          remote.ATTEMPTS_ENV: "5"})
+    transport = remote.Transport.from_environment(
+        "ssh", {remote.HOST_ENV: "orin", remote.SSH_CONFIG_ENV: "/c", remote.ATTEMPTS_ENV: "5"}
+    )
     assert (transport.host, transport.ssh_config, transport.attempts) == ("orin", "/c", 5)
     argv = transport.argv("echo 'hi'")
     assert argv[:3] == ["ssh", "-F", "/c"] and "BatchMode=yes" in argv and argv[-2] == "orin"
@@ -221,8 +265,10 @@ def test_ssh_failures_are_retried_and_then_reported(monkeypatch):
 
 
 def test_tar_streams_round_trip():
-    assert remote.unpack(remote.pack({"a.txt": b"x", "model.onnx": b"\0" * 10})) == {"a.txt": b"x",
-                                                                                     "model.onnx": b"\0" * 10}
+    assert remote.unpack(remote.pack({"a.txt": b"x", "model.onnx": b"\0" * 10})) == {
+        "a.txt": b"x",
+        "model.onnx": b"\0" * 10,
+    }
     assert remote.unpack(b"") == {}
 
 
@@ -238,16 +284,25 @@ def test_engines_built_elsewhere_are_refused():
 
 def tiny_qdq_model(path: Path) -> None:
     """input [N,1,4,4] -> uint8 Q/DQ (an unsigned activation, as after ReLU) -> Flatten -> Gemm -> logits."""
-    nodes = [helper.make_node("QuantizeLinear", ["input", "scale", "zero"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"]),
-             helper.make_node("Flatten", ["dq"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "weight", "bias"], ["logits"], transB=1)]
-    inits = [numpy_helper.from_array(np.float32(0.05), "scale"), numpy_helper.from_array(np.uint8(0), "zero"),
-             numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32), "weight"),
-             numpy_helper.from_array(np.zeros(3, np.float32), "bias")]
-    graph = helper.make_graph(nodes, "tiny",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "scale", "zero"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"]),
+        helper.make_node("Flatten", ["dq"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "weight", "bias"], ["logits"], transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.float32(0.05), "scale"),
+        numpy_helper.from_array(np.uint8(0), "zero"),
+        numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32), "weight"),
+        numpy_helper.from_array(np.zeros(3, np.float32), "bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
@@ -258,18 +313,35 @@ def stand_in_job(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv(remote.TRTEXEC_ENV, str(STAND_INS / "trtexec"))
     monkeypatch.setenv("PATH", f"{STAND_INS}:{Path(sys.executable).parent}:/usr/bin:/bin")
     tiny_qdq_model(tmp_path / "model.onnx")
-    (tmp_path / "metrics.json").write_text(json.dumps({"model": "m", "family": "cnn", "method": "qat", "w_bits": 8,
-                                                       "a_bits": 8, "seed": 0, "input_shape": [1, 4, 4],
-                                                       "packed_bytes": 123}))
+    (tmp_path / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model": "m",
+                "family": "cnn",
+                "method": "qat",
+                "w_bits": 8,
+                "a_bits": 8,
+                "seed": 0,
+                "input_shape": [1, 4, 4],
+                "packed_bytes": 123,
+            }
+        )
+    )
     return tmp_path
 
 
 def build_locally(job: Path, batch: int, expected_version: str) -> None:
-    build_engine(onnx=str(job / "model.onnx"), metrics=str(job / "metrics.json"),
-                 engine=str(job / f"trt/b{batch}.engine"), record=str(job / f"trt/b{batch}.build.json"),
-                 layers=str(job / f"trt/b{batch}.layers.json"),
-                 batch=batch, settings=BUILD, trt_config={"transport": "local", "expected_version": expected_version},
-                 log=lambda _: None)
+    build_engine(
+        onnx=str(job / "model.onnx"),
+        metrics=str(job / "metrics.json"),
+        engine=str(job / f"trt/b{batch}.engine"),
+        record=str(job / f"trt/b{batch}.build.json"),
+        layers=str(job / f"trt/b{batch}.layers.json"),
+        batch=batch,
+        settings=BUILD,
+        trt_config={"transport": "local", "expected_version": expected_version},
+        log=lambda _: None,
+    )
 
 
 def test_build_and_benchmark_locally_with_the_stand_in(stand_in_job):
@@ -283,10 +355,16 @@ def test_build_and_benchmark_locally_with_the_stand_in(stand_in_job):
     assert record["engine_bytes"] == (out / "b2.engine").stat().st_size
     assert record["onnx_bytes"] == (stand_in_job / "model.onnx").stat().st_size
     settings = {**BENCH, "warmup_ms": 50, "duration_s": 1, "iterations": 5, "power_interval_ms": 50}
-    benchmark_engines(engines=[str(out / "b2.engine")], records=[str(out / "b2.build.json")],
-                      metrics=str(stand_in_job / "metrics.json"), result=str(stand_in_job / "bench_trt.json"),
-                      profiles=[str(out / "b2.profile.json")], settings=settings,
-                      trt_config={"transport": "local", "expected_version": None}, log=lambda _: None)
+    benchmark_engines(
+        engines=[str(out / "b2.engine")],
+        records=[str(out / "b2.build.json")],
+        metrics=str(stand_in_job / "metrics.json"),
+        result=str(stand_in_job / "bench_trt.json"),
+        profiles=[str(out / "b2.profile.json")],
+        settings=settings,
+        trt_config={"transport": "local", "expected_version": None},
+        log=lambda _: None,
+    )
     result = json.loads((stand_in_job / "bench_trt.json").read_text())
     assert result["method"] == "qat" and result["device"]["trt_version"] == "10.3.0"
     assert result["packed_bytes"] == 123

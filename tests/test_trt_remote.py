@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from qatstudy.io import read_json
 from helpers import free_port, needs_fashion_mnist
+from qatstudy.io import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 STAND_INS = REPO / "tests" / "stand_ins"
@@ -31,8 +31,10 @@ HOST = "jetson-test"  # the ssh alias the workflow is pointed at
 DOWN_HOST = "jetson-down"  # an alias whose port nobody listens on
 
 pytestmark = [
-    pytest.mark.skipif(not SSHD.exists() or not shutil.which("ssh") or not shutil.which("ssh-keygen"),
-                       reason="no OpenSSH server (/usr/sbin/sshd) here: apt-get install openssh-server"),
+    pytest.mark.skipif(
+        not SSHD.exists() or not shutil.which("ssh") or not shutil.which("ssh-keygen"),
+        reason="no OpenSSH server (/usr/sbin/sshd) here: apt-get install openssh-server",
+    ),
     needs_fashion_mnist,
 ]
 
@@ -88,12 +90,20 @@ Host {DOWN_HOST}
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder, as root
     log = open(root / "sshd.log", "w")
     sshd = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(root / "sshd_config")], stderr=log)
-    env = {**os.environ, "QATSTUDY_SSH_CONFIG": str(root / "ssh_config"), "QATSTUDY_JETSON_HOST": HOST,
-           "QATSTUDY_SSH_ATTEMPTS": "2"}
+    env = {
+        **os.environ,
+        "QATSTUDY_SSH_CONFIG": str(root / "ssh_config"),
+        "QATSTUDY_JETSON_HOST": HOST,
+        "QATSTUDY_SSH_ATTEMPTS": "2",
+    }
     try:
         deadline = time.time() + 20
-        while subprocess.run(["ssh", "-F", str(root / "ssh_config"), "-o", "BatchMode=yes", HOST, "true"],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                ["ssh", "-F", str(root / "ssh_config"), "-o", "BatchMode=yes", HOST, "true"], capture_output=True
+            ).returncode
+            != 0
+        ):
             if sshd.poll() is not None or time.time() > deadline:
                 pytest.fail(f"the test sshd did not start: {(root / 'sshd.log').read_text()}")
             time.sleep(0.2)
@@ -106,9 +116,28 @@ Host {DOWN_HOST}
 
 def snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     """The profile by its name, as the README gives it: found in the repository root, the working directory."""
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                           str(workdir), "--profile", "jetson", "--configfile", str(workdir / "study.yaml"),
-                           "--cores", "2", *args], capture_output=True, text=True, env=env, cwd=REPO)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--profile",
+            "jetson",
+            "--configfile",
+            str(workdir / "study.yaml"),
+            "--cores",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +148,13 @@ def study(device, tmp_path_factory) -> Path:
     config["models"] = {"cnn": config["models"]["cnn"]}
     config["bits"] = [8]
     config["bench"]["batch_sizes"] = [1, 4]
-    config["trt"] = {"expected_version": "10.3", "warmup_ms": 50, "duration_s": 1, "iterations": 5,
-                     "power_interval_ms": 100}
+    config["trt"] = {
+        "expected_version": "10.3",
+        "warmup_ms": 50,
+        "duration_s": 1,
+        "iterations": 5,
+        "power_interval_ms": 100,
+    }
     (workdir / "study.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(workdir, device["env"], "bench")
     assert result.returncode == 0, f"snakemake bench failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
@@ -132,13 +166,22 @@ def test_engines_are_built_and_benchmarked_over_ssh(study, device):
     trt_rows = bench[bench.backend == "tensorrt"]
     # engines x batch sizes: the FP32 model in FP32 and FP16 (trt.float_baselines), the QAT model in INT8+FP16
     assert len(trt_rows) == 3 * 2 and sorted(zip(trt_rows.method, trt_rows.precision)) == [
-        ("fp32", "fp16"), ("fp32", "fp16"), ("fp32", "fp32"), ("fp32", "fp32"), ("qat", "int8+fp16"), ("qat", "int8+fp16")]
+        ("fp32", "fp16"),
+        ("fp32", "fp16"),
+        ("fp32", "fp32"),
+        ("fp32", "fp32"),
+        ("qat", "int8+fp16"),
+        ("qat", "int8+fp16"),
+    ]
     assert set(trt_rows.batch) == {1, 4} and (trt_rows.throughput_ips > 0).all()
     assert (trt_rows.latency_ms_p99 >= trt_rows.latency_ms_p50).all()
     assert len(bench[bench.backend == "onnxruntime-cpu"]) == 2 * 2  # the CPU benchmark is still there
 
-    for variant, folder, precision, flags in [("fp32", "fp32", "fp32", []), ("fp32", "fp16", "fp16", ["--fp16"]),
-                                              ("qat_w8a8_q0", "fp16", "int8+fp16", ["--fp16", "--int8"])]:
+    for variant, folder, precision, flags in [
+        ("fp32", "fp32", "fp32", []),
+        ("fp32", "fp16", "fp16", ["--fp16"]),
+        ("qat_w8a8_q0", "fp16", "int8+fp16", ["--fp16", "--int8"]),
+    ]:
         run = study / "runs/study/cnn/seed0" / variant
         record = read_json(run / f"trt/{folder}/b4.build.json")
         assert record["precision"] == precision
@@ -164,7 +207,10 @@ def test_another_host_reruns_nothing(study, device):
 
 def test_unreachable_device_fails_clearly_and_leaves_nothing(study, device):
     engines = study / "runs/study/cnn/seed0/fp32/trt"
-    trt_result, table = study / "runs/study/cnn/seed0/fp32/bench_trt_fp16.json", study / "results/study/tables/bench.csv"
+    trt_result, table = (
+        study / "runs/study/cnn/seed0/fp32/bench_trt_fp16.json",
+        study / "results/study/tables/bench.csv",
+    )
     shutil.rmtree(engines)  # as if the FP32 model had never been on the device
     trt_result.unlink()
     table.unlink()

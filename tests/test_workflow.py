@@ -13,10 +13,10 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from helpers import SCHEMA, SCHEMA_PATH, needs_fashion_mnist
 from qatstudy.config import arm_config, merged_settings, model_identity, model_objective, model_quant, qat_objective
 from qatstudy.io import read_json
 from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads
-from helpers import SCHEMA, SCHEMA_PATH, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -35,12 +35,12 @@ def scheduled_outputs(dry_run_output: str) -> str:
     return "\n".join(line for line in dry_run_output.splitlines() if line.strip().startswith("output:"))
 
 
-def dry_run_all(workdir: Path, tmp_path: Path, config: dict) -> str:
-    """The output of `snakemake all --dry-run` in `workdir` with `config` as the config file (a file named like the
-    tiny study's, so that it is the same study)."""
+def dry_run(workdir: Path, tmp_path: Path, config: dict, target: str = "all") -> str:
+    """The output of `snakemake <target> --dry-run` in `workdir` with `config` as the config file (a file named like
+    the tiny study's, so that it is the same study)."""
     path = tmp_path / TINY.name
     path.write_text(yaml.safe_dump(config))
-    return snakemake(workdir, "--configfile", str(path), "--cores", "2", "all", "--dry-run").stdout
+    return snakemake(workdir, "--configfile", str(path), "--cores", "2", target, "--dry-run").stdout
 
 
 def scheduled_models(dry_run_output: str) -> set[str]:
@@ -90,8 +90,20 @@ def test_tiny_study_tables(tiny_study):
 
     bench = pd.read_csv(tiny_study / "results/tiny/tables/bench.csv")
     assert len(bench) == n_models * (1 + n_bits) * len(config["bench"]["batch_sizes"])
-    for column in ["model", "family", "method", "w_bits", "a_bits", "backend", "batch", "latency_ms_p50",
-                   "latency_ms_p99", "throughput_ips", "model_bytes", "peak_mem_bytes"]:
+    for column in [
+        "model",
+        "family",
+        "method",
+        "w_bits",
+        "a_bits",
+        "backend",
+        "batch",
+        "latency_ms_p50",
+        "latency_ms_p99",
+        "throughput_ips",
+        "model_bytes",
+        "peak_mem_bytes",
+    ]:
         assert column in bench.columns
     assert (bench.latency_ms_p99 >= bench.latency_ms_p50).all() and (bench.throughput_ips > 0).all()
     # int8 containers make every quantized ONNX file smaller than its FP32 export
@@ -103,8 +115,13 @@ def test_tiny_study_tables(tiny_study):
     for model in config["models"]:
         assert f"| {model} |" in summary
     findings = pd.read_csv(tiny_study / "results/tiny/tables/findings.csv")
-    assert {"qat_drop_from_fp32", "qat_minus_ptq", "vit_minus_cnn_qat_drop", "vit_minus_cnn_oscillation",
-            "vit_minus_cnn_weight_kurtosis"} <= set(findings.claim)
+    assert {
+        "qat_drop_from_fp32",
+        "qat_minus_ptq",
+        "vit_minus_cnn_qat_drop",
+        "vit_minus_cnn_oscillation",
+        "vit_minus_cnn_weight_kurtosis",
+    } <= set(findings.claim)
     assert (findings.n >= 1).all() and (tiny_study / "results/tiny/tables/findings.md").is_file()
 
     # every result carries its provenance; the tables carry its config hash (one per stage) and commit per row
@@ -129,8 +146,14 @@ def test_tiny_study_tables(tiny_study):
 
 @needs_fashion_mnist
 def test_tiny_study_figures(tiny_study):
-    for name in ["accuracy_by_bits", "accuracy_vs_latency", "size_reduction", "oscillation", "onnx_vs_pytorch",
-                 "sensitivity"]:
+    for name in [
+        "accuracy_by_bits",
+        "accuracy_vs_latency",
+        "size_reduction",
+        "oscillation",
+        "onnx_vs_pytorch",
+        "sensitivity",
+    ]:
         assert (tiny_study / f"results/tiny/figures/{name}.png").read_bytes().startswith(b"\x89PNG")
         assert "<svg" in (tiny_study / f"results/tiny/figures/{name}.svg").read_text()
         assert "vega" in (tiny_study / f"results/tiny/figures/{name}.html").read_text().lower()
@@ -167,26 +190,71 @@ def test_second_run_has_nothing_to_do(tiny_study):
 def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["bits"] = config["bits"] + [2]
-    output = dry_run_all(tiny_study, tmp_path, config)
+    output = dry_run(tiny_study, tmp_path, config)
     counts = job_counts(output)
     n_models = len(config["models"])
-    assert counts == {"ptq": n_models, "qat": n_models, "export_onnx": n_models, "bench_cpu": n_models,
-                      "aggregate": 1, "findings": 1, "render_figures": 1, "all": 1, "total": 4 * n_models + 4}
+    assert counts == {
+        "ptq": n_models,
+        "qat": n_models,
+        "export_onnx": n_models,
+        "bench_cpu": n_models,
+        "bench_table": 1,
+        "accuracy_tables": 1,
+        "summary_tables": 1,
+        "findings": 1,
+        "render_figures": 1,
+        "all": 1,
+        "total": 4 * n_models + 6,
+    }
     scheduled = scheduled_variants(output)
     assert scheduled == {"ptq_w2a2_q0", "qat_w2a2_q0"}
 
+
+@pytest.mark.parametrize("transport", [None, "ssh"])
+def test_bench_target_runs_only_what_the_benchmark_table_needs(tmp_path, transport):
+    """`snakemake bench` trains, exports and benchmarks the deployed variants alone (the first FP32 seed's model and
+    its QAT models of the first QAT seed), then writes the bench table: no PTQ job, no other seed's runs, no accuracy
+    or summary table."""
+    config = yaml.safe_load(TINY.read_text())
+    config["seeds"] = {"fp32": [0, 1], "qat": [3, 5]}
+    config["trt"] = {"transport": transport, "float_baselines": ["fp32", "fp16"]}
+    output = dry_run(tmp_path, tmp_path, config, target="bench")
+    counts = job_counts(output)
+    n_models, n_deployed = len(config["models"]), 1 + len(config["bits"])
+    expected = {
+        "download": 1,
+        "split": 1,
+        "train_fp32": n_models,
+        "qat": n_models * (n_deployed - 1),
+        "export_onnx": n_models * n_deployed,
+        "bench_cpu": n_models * n_deployed,
+        "bench_table": 1,
+        "bench": 1,
+    }
+    if transport:  # the FP32 model's two float baselines and each QAT model, one engine per batch size
+        engines = n_models * (n_deployed + 1)
+        expected.update(trt_build=engines * len(config["bench"]["batch_sizes"]), trt_bench=engines)
+    assert "ptq" not in counts and counts == {**expected, "total": sum(expected.values())}
+    assert scheduled_variants(output) == {"fp32", "qat_w8a8_q3", "qat_w4a4_q3"}
+    assert set(re.findall(r"runs/tiny/[^/\s]+/seed(\d+)/", scheduled_outputs(output))) == {"0"}
 
 
 def test_every_qat_seed_quantizes_every_fp32_model(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["bits"] = [8, 4]
     config["seeds"] = {"fp32": [0, 1], "qat": [3, 5], "qat_by_bits": {8: [3]}, "ptq": [3]}
-    output = dry_run_all(tmp_path, tmp_path, config)
+    output = dry_run(tmp_path, tmp_path, config)
     runs = set(re.findall(r"runs/tiny/([^/\s]+)/seed(\d+)/(\w+)/", scheduled_outputs(output)))
     for model in config["models"]:
         for fp32_seed in "01":
             assert {v for m, s, v in runs if (m, s) == (model, fp32_seed)} >= {
-                "fp32", "ptq_w8a8_q3", "ptq_w4a4_q3", "qat_w8a8_q3", "qat_w4a4_q3", "qat_w4a4_q5"}
+                "fp32",
+                "ptq_w8a8_q3",
+                "ptq_w4a4_q3",
+                "qat_w8a8_q3",
+                "qat_w4a4_q3",
+                "qat_w4a4_q5",
+            }
     assert not {v for _, _, v in runs if v in ("ptq_w4a4_q5", "qat_w8a8_q5")}
     config["seeds"]["ptq"] = [5]  # not a QAT seed of 8 bits: PTQ and QAT would not be paired there
     path = tmp_path / TINY.name
@@ -194,11 +262,12 @@ def test_every_qat_seed_quantizes_every_fp32_model(tmp_path):
     result = snakemake(tmp_path, "--configfile", str(path), "--cores", "2", "all", "--dry-run", check=False)
     assert result.returncode != 0 and "seeds.ptq: [5] not among the QAT seeds of w8a8" in result.stdout + result.stderr
 
+
 @needs_fashion_mnist
 def test_a_models_quant_override_reschedules_only_its_quantized_jobs(tiny_study, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 8}
-    output = dry_run_all(tiny_study, tmp_path, config)
+    output = dry_run(tiny_study, tmp_path, config)
     counts = job_counts(output)
     n_bits = len(config["bits"])
     assert counts["ptq"] == counts["qat"] == counts["export_onnx"] == n_bits and "train_fp32" not in counts
@@ -223,7 +292,7 @@ def test_model_quant_merges_the_models_overrides_and_names_bad_ones():
 def test_a_models_oscillation_override_reschedules_only_its_qat_jobs(tiny_study, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["models"]["cnn"]["oscillation"] = {"freeze_threshold": 0.02}
-    output = dry_run_all(tiny_study, tmp_path, config)
+    output = dry_run(tiny_study, tmp_path, config)
     counts = job_counts(output)
     assert counts["qat"] == counts["export_onnx"] == len(config["bits"]) and "ptq" not in counts
     assert scheduled_models(output) == {"cnn"}
@@ -247,8 +316,9 @@ def test_an_arms_keys_win_over_the_models_and_the_models_others_stay():
     config = yaml.safe_load(TINY.read_text())
     config["models"]["cnn"]["oscillation"] = {"freeze_threshold": 0.02, "momentum": 0.9}
     config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 8}
-    config["ablation"] = {"arms": {"baseline": {}, "kd": {"distillation": {"weight": 0.5},
-                                                          "oscillation": {"freeze_threshold": None}}}}
+    config["ablation"] = {
+        "arms": {"baseline": {}, "kd": {"distillation": {"weight": 0.5}, "oscillation": {"freeze_threshold": None}}}
+    }
     validate(config, str(SCHEMA_PATH))
     baseline, kd = (qat_objective(arm_config(config, arm, "cnn", SCHEMA)) for arm in ("baseline", "kd"))
     assert baseline == model_objective(config, "cnn", SCHEMA)  # an arm that sets nothing runs the model's recipe
@@ -308,12 +378,15 @@ def test_missing_dataset_fails_with_sources_tried(tmp_path):
     assert not list((tmp_path / "data/fashion_mnist/raw").glob("*"))  # nothing half-written
 
 
-@pytest.mark.parametrize(("threads", "cores", "cpus", "expected"), [
-    (8, 8, 2, 2),   # a training job under --cores 8 on 2 CPUs reserves all 8 and runs 2 threads
-    (4, 8, 2, 1),   # an evaluation job reserves 4 of 8: two run side by side, one thread each
-    (1, 1, 2, 1),   # --cores 1 is honoured
-    (2, 2, 16, 2),  # on a big machine a job runs what it declared
-])
+@pytest.mark.parametrize(
+    ("threads", "cores", "cpus", "expected"),
+    [
+        (8, 8, 2, 2),  # a training job under --cores 8 on 2 CPUs reserves all 8 and runs 2 threads
+        (4, 8, 2, 1),  # an evaluation job reserves 4 of 8: two run side by side, one thread each
+        (1, 1, 2, 1),  # --cores 1 is honoured
+        (2, 2, 16, 2),  # on a big machine a job runs what it declared
+    ],
+)
 def test_job_threads_never_oversubscribe(monkeypatch, threads, cores, cpus, expected):
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(cpus)))
     monkeypatch.setenv(WORKFLOW_CORES_ENV, str(cores))

@@ -6,8 +6,9 @@ from qatstudy.workflow import run
 
 def main(snakemake, log):
     arms, models = snakemake.params.arms, snakemake.params.models
-    check_one_config([*snakemake.input.arms, *snakemake.input.fp32], allow_mixed=snakemake.params.allow_mixed_config,
-                     log=log)
+    check_one_config(
+        [*snakemake.input.arms, *snakemake.input.fp32], allow_mixed=snakemake.params.allow_mixed_config, log=log
+    )
     frame = ablation_frame(snakemake.input.arms, snakemake.input.fp32, arms, snakemake.params.arm_of)
     write_csv(frame, snakemake.output.csv)
     write_text(ablation_markdown(frame, arms, models), snakemake.output.md)

@@ -5,8 +5,11 @@ from qatstudy.workflow import run
 
 
 def main(snakemake, log):
-    check_one_config([*snakemake.input.sensitivity, *snakemake.input.variation],
-                     allow_mixed=snakemake.params.allow_mixed_config, log=log)
+    check_one_config(
+        [*snakemake.input.sensitivity, *snakemake.input.variation],
+        allow_mixed=snakemake.params.allow_mixed_config,
+        log=log,
+    )
     sensitivity = sensitivity_table(snakemake.input.sensitivity)
     variation = variation_table(snakemake.input.variation)
     write_csv(sensitivity, snakemake.output.sensitivity)

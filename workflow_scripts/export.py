@@ -5,8 +5,14 @@ from qatstudy.workflow import job_provenance, job_threads, run
 
 def main(snakemake, log):
     p = snakemake.params.calibration
-    report = export_onnx(snakemake.input.checkpoint, snakemake.output.onnx, snakemake.output.trt_onnx,
-                         data=snakemake.input.data, calib_images=p["images"], calib_method=p["method"])
+    report = export_onnx(
+        snakemake.input.checkpoint,
+        snakemake.output.onnx,
+        snakemake.output.trt_onnx,
+        data=snakemake.input.data,
+        calib_images=p["images"],
+        calib_method=p["method"],
+    )
     threads = job_threads(snakemake)
     report["onnx_top1"] = onnx_top1(snakemake.output.onnx, snakemake.input.data, threads=threads)
     report["trt_onnx_top1"] = onnx_top1(snakemake.output.trt_onnx, snakemake.input.data, threads=threads)

@@ -1,18 +1,29 @@
 from qatstudy.objectives import QATSettings
 from qatstudy.quant import QuantScheme
-from qatstudy.stages import BatchnormReestimation, qat
 from qatstudy.settings import TrainSettings
+from qatstudy.stages import BatchnormReestimation, qat
 from qatstudy.workflow import job_provenance, run
 
 
 def main(snakemake, log):
     p = snakemake.params
-    qat(data=snakemake.input.data, fp32_checkpoint=snakemake.input.fp32,
-        scheme=QuantScheme.from_tag(snakemake.wildcards.tag, **p.quant), identity=p.identity,
-        settings=TrainSettings(**p.settings), calibration=p.calibration["method"],
-        calib_images=p.calibration["images"], bn_reestimation=BatchnormReestimation.from_config(p.calibration),
-        seed=int(snakemake.wildcards.qseed), fp32_seed=int(snakemake.wildcards.seed), objective=QATSettings(**p.objective), checkpoint=snakemake.output.checkpoint,
-        metrics=snakemake.output.metrics, provenance=job_provenance(snakemake), log=log)
+    qat(
+        data=snakemake.input.data,
+        fp32_checkpoint=snakemake.input.fp32,
+        scheme=QuantScheme.from_tag(snakemake.wildcards.tag, **p.quant),
+        identity=p.identity,
+        settings=TrainSettings(**p.settings),
+        calibration=p.calibration["method"],
+        calib_images=p.calibration["images"],
+        bn_reestimation=BatchnormReestimation.from_config(p.calibration),
+        seed=int(snakemake.wildcards.qseed),
+        fp32_seed=int(snakemake.wildcards.seed),
+        objective=QATSettings(**p.objective),
+        checkpoint=snakemake.output.checkpoint,
+        metrics=snakemake.output.metrics,
+        provenance=job_provenance(snakemake),
+        log=log,
+    )
 
 
 run(snakemake, main)

@@ -3,10 +3,17 @@ from qatstudy.workflow import job_provenance, run
 
 
 def main(snakemake, log):
-    benchmark_engines(engines=list(snakemake.input.engines), records=list(snakemake.input.records),
-                      metrics=snakemake.input.metrics, result=snakemake.output.result,
-                      profiles=list(snakemake.output.profiles), settings=snakemake.params.bench,
-                      trt_config=snakemake.config["trt"], provenance=job_provenance(snakemake), log=log)
+    benchmark_engines(
+        engines=list(snakemake.input.engines),
+        records=list(snakemake.input.records),
+        metrics=snakemake.input.metrics,
+        result=snakemake.output.result,
+        profiles=list(snakemake.output.profiles),
+        settings=snakemake.params.bench,
+        trt_config=snakemake.config["trt"],
+        provenance=job_provenance(snakemake),
+        log=log,
+    )
 
 
 run(snakemake, main, uses_torch=False)

@@ -48,21 +48,36 @@ from .train import evaluate, training_device
 _GROUP_ORDER = ("stem", "stage", "qkv", "attention_map", "attn_proj", "fc1", "fc2", "patch_merging", "other", "head")
 GROUP_NAME = re.compile(r"stage[1-9]\d*|" + "|".join(g for g in _GROUP_ORDER if g != "stage"))
 _STAGE = re.compile(r"(?:layer(\d+)|(?:blocks|stages|layers)\.(\d+))(?:\.|$)")
-_TRANSFORMER_ROLES = {"attn.qkv": "qkv", "attn.proj": "attn_proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2",
-                      "downsample.reduction": "patch_merging"}
+_TRANSFORMER_ROLES = {
+    "attn.qkv": "qkv",
+    "attn.proj": "attn_proj",
+    "mlp.fc1": "fc1",
+    "mlp.fc2": "fc2",
+    "downsample.reduction": "patch_merging",
+}
 ALL_GROUPS = "all"  # the sensitivity row with every group quantized at once (= whole-model PTQ)
 OUTLIER_SIGMAS = 3.0  # a value is an outlier beyond mean +- 3 std (0.27% of a normal distribution)
 _ATTENTION_TENSORS = {"q_quantizer": "q", "k_quantizer": "k", "v_quantizer": "v", "attn_quantizer": "softmax"}
 
-SENSITIVITY_COLUMNS = ["model", "family", "seed", "group", "w_bits", "a_bits", "top1", "fp32_top1", "drop",
-                       *PROVENANCE_COLUMNS]
+SENSITIVITY_COLUMNS = [
+    "model",
+    "family",
+    "seed",
+    "group",
+    "w_bits",
+    "a_bits",
+    "top1",
+    "fp32_top1",
+    "drop",
+    *PROVENANCE_COLUMNS,
+]
 STAT_COLUMNS = ["range_min", "range_max", "channel_cv", "kurtosis", "outlier_ratio"]
 VARIATION_COLUMNS = ["model", "family", "seed", "layer", "group", "kind", *STAT_COLUMNS, *PROVENANCE_COLUMNS]
 
 
 def _group_key(group: str) -> tuple[int, int]:
     if group.startswith("stage"):
-        return _GROUP_ORDER.index("stage"), int(group[len("stage"):])
+        return _GROUP_ORDER.index("stage"), int(group[len("stage") :])
     return _GROUP_ORDER.index(group), 0
 
 
@@ -88,8 +103,10 @@ def layer_groups(model: nn.Module) -> dict[str, list[str]]:
     head = _classifier_layers(model)
     body = [i for i, name in enumerate(layers) if _stage(name) is not None and name not in head]
     if not body:
-        raise ValueError(f"{type(model).__name__}: no layer under layer<k>, blocks.<i>, stages.<i> or layers.<i>; "
-                         "module groups cannot be told apart")
+        raise ValueError(
+            f"{type(model).__name__}: no layer under layer<k>, blocks.<i>, stages.<i> or layers.<i>; "
+            "module groups cannot be told apart"
+        )
     attention = [name for name, _ in quant.attention_modules(model)]
     groups: dict[str, list[str]] = {"attention_map": attention} if attention else {}
     for i, name in enumerate(layers):
@@ -108,8 +125,10 @@ def layer_groups(model: nn.Module) -> dict[str, list[str]]:
 def check_group_names(names: Iterable[str]) -> None:
     unknown = [n for n in names if not GROUP_NAME.fullmatch(n)]
     if unknown:
-        raise ValueError(f"unknown module group(s) {unknown} (config key analysis.sensitivity_groups); groups are "
-                         f"{', '.join(g for g in _GROUP_ORDER if g != 'stage')} and stage1, stage2, ...")
+        raise ValueError(
+            f"unknown module group(s) {unknown} (config key analysis.sensitivity_groups); groups are "
+            f"{', '.join(g for g in _GROUP_ORDER if g != 'stage')} and stage1, stage2, ..."
+        )
 
 
 def quantize_group(model: nn.Module, names: Collection[str], scheme: quant.QuantScheme) -> nn.Module:
@@ -117,9 +136,19 @@ def quantize_group(model: nn.Module, names: Collection[str], scheme: quant.Quant
     return quant.quantize_model(copy.deepcopy(model), scheme, names=names)
 
 
-def sensitivity(model: nn.Module, splits: Splits, *, bits: Iterable[int], groups: Iterable[str] | None = None,
-                quant_options: dict | None = None, calibration: str = "mse", calib_images: int = 1024,
-                val_images: int | None = None, seed: int = 0, log=print) -> list[dict]:
+def sensitivity(
+    model: nn.Module,
+    splits: Splits,
+    *,
+    bits: Iterable[int],
+    groups: Iterable[str] | None = None,
+    quant_options: dict | None = None,
+    calibration: str = "mse",
+    calib_images: int = 1024,
+    val_images: int | None = None,
+    seed: int = 0,
+    log=print,
+) -> list[dict]:
     """Top-1 with one module group at a time quantized (PTQ), per bit-width, and the drop from FP32.
 
     Per bit-width the whole model is calibrated once, as the PTQ stage does (calibration runs the
@@ -139,16 +168,26 @@ def sensitivity(model: nn.Module, splits: Splits, *, bits: Iterable[int], groups
 
     def record(group: str, w_bits: int, model_q: nn.Module) -> None:
         top1 = evaluate(model_q, x_val, y_val)
-        rows.append({"group": group, "w_bits": w_bits, "a_bits": w_bits, "top1": top1, "fp32_top1": fp32_top1,
-                     "drop": fp32_top1 - top1, "modules": modules[group]})
+        rows.append(
+            {
+                "group": group,
+                "w_bits": w_bits,
+                "a_bits": w_bits,
+                "top1": top1,
+                "fp32_top1": fp32_top1,
+                "drop": fp32_top1 - top1,
+                "modules": modules[group],
+            }
+        )
         log(f"{bit_tag(w_bits, w_bits)} {group}: top-1 {top1:.2f}% (drop {fp32_top1 - top1:.2f} points)")
 
     for b in bits:
         scheme = quant.QuantScheme(b, b, quantize_attention=True, **(quant_options or {}))
         calibrated = quant.quantize_model(copy.deepcopy(model), scheme)
         # the same calibration batches as the PTQ stage
-        calibrate_on_training_split(calibrated, splits, method=calibration, images=calib_images, batch_size=128,
-                                    seed=seed)
+        calibrate_on_training_split(
+            calibrated, splits, method=calibration, images=calib_images, batch_size=128, seed=seed
+        )
         steps = calibrated.state_dict()
         for group in selected:
             model_q = quantize_group(model, available[group], scheme)
@@ -179,10 +218,13 @@ def tensor_stats(x: torch.Tensor, channel_dim: int) -> dict[str, float | None]:
     channel_absmax = x.abs().movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1).amax(dim=1)
     centred = x.flatten() - x.mean()
     variance = centred.pow(2).mean()
-    return {"range_min": float(x.min()), "range_max": float(x.max()),
-            "channel_cv": _finite(channel_absmax.std(correction=0) / channel_absmax.mean()),
-            "kurtosis": _finite(centred.pow(4).mean() / variance**2),
-            "outlier_ratio": float((centred.abs() > OUTLIER_SIGMAS * variance.sqrt()).double().mean())}
+    return {
+        "range_min": float(x.min()),
+        "range_max": float(x.max()),
+        "channel_cv": _finite(channel_absmax.std(correction=0) / channel_absmax.mean()),
+        "kurtosis": _finite(centred.pow(4).mean() / variance**2),
+        "outlier_ratio": float((centred.abs() > OUTLIER_SIGMAS * variance.sqrt()).double().mean()),
+    }
 
 
 @torch.no_grad()
@@ -201,12 +243,14 @@ def variation(model: nn.Module, images: torch.Tensor) -> list[dict]:
     def observer(layer: str, group: str, kind: str, channel_dim: int):
         def observe(x: torch.Tensor) -> None:
             rows[layer, kind] = {"layer": layer, "group": group, "kind": kind, **tensor_stats(x, channel_dim)}
+
         return observe
 
     for name, layer in quant.quant_modules(probe):
         layer.weight_quantizer.observer = observer(name, group_of[name], "weight", 0)
-        layer.input_quantizer.observer = observer(name, group_of[name], "activation",
-                                                  1 if isinstance(layer, nn.Conv2d) else -1)
+        layer.input_quantizer.observer = observer(
+            name, group_of[name], "activation", 1 if isinstance(layer, nn.Conv2d) else -1
+        )
     for name, _ in quant.attention_modules(model):
         attention = probe.get_submodule(name)
         for attribute, tensor in _ATTENTION_TENSORS.items():
@@ -225,30 +269,76 @@ def _fp32_model_and_splits(checkpoint: str, data: str) -> tuple[nn.Module, Split
     return model.to(device), Splits(data, device)
 
 
-def analyse_sensitivity(*, data: str, fp32_checkpoint: str, identity: dict, seed: int, bits: list[int],
-                        groups: list[str] | None, quant_options: dict, calibration: str, calib_images: int,
-                        val_images: int | None, output: str, provenance: dict | None = None, log=print) -> dict:
+def analyse_sensitivity(
+    *,
+    data: str,
+    fp32_checkpoint: str,
+    identity: dict,
+    seed: int,
+    bits: list[int],
+    groups: list[str] | None,
+    quant_options: dict,
+    calibration: str,
+    calib_images: int,
+    val_images: int | None,
+    output: str,
+    provenance: dict | None = None,
+    log=print,
+) -> dict:
     """The sensitivity of one FP32 run, written as JSON (rows plus the group -> layers map)."""
     start = time.perf_counter()
     model, splits = _fp32_model_and_splits(fp32_checkpoint, data)
-    rows = sensitivity(model, splits, bits=bits, groups=groups, quant_options=quant_options, calibration=calibration,
-                       calib_images=calib_images, val_images=val_images, seed=seed, log=log)
-    record = {**identity, "seed": seed, "val_images": len(splits.y["val"][:val_images]),
-              "calibration": calibration, "calib_images": calib_images, "groups": layer_groups(model), "rows": rows,
-              "time_s": time.perf_counter() - start, "provenance": provenance}
+    rows = sensitivity(
+        model,
+        splits,
+        bits=bits,
+        groups=groups,
+        quant_options=quant_options,
+        calibration=calibration,
+        calib_images=calib_images,
+        val_images=val_images,
+        seed=seed,
+        log=log,
+    )
+    record = {
+        **identity,
+        "seed": seed,
+        "val_images": len(splits.y["val"][:val_images]),
+        "calibration": calibration,
+        "calib_images": calib_images,
+        "groups": layer_groups(model),
+        "rows": rows,
+        "time_s": time.perf_counter() - start,
+        "provenance": provenance,
+    }
     write_json(output, record)
     return record
 
 
-def analyse_variation(*, data: str, fp32_checkpoint: str, identity: dict, seed: int, images: int, output: str,
-                      provenance: dict | None = None, log=print) -> dict:
+def analyse_variation(
+    *,
+    data: str,
+    fp32_checkpoint: str,
+    identity: dict,
+    seed: int,
+    images: int,
+    output: str,
+    provenance: dict | None = None,
+    log=print,
+) -> dict:
     """The variation statistics of one FP32 run on `images` seeded-random training images, as JSON."""
     start = time.perf_counter()
     model, splits = _fp32_model_and_splits(fp32_checkpoint, data)
     xb = next(calibration_batches(splits, images=images, batch_size=images, seed=seed))
     rows = variation(model, xb)
-    record = {**identity, "seed": seed, "images": len(xb), "rows": rows, "time_s": time.perf_counter() - start,
-              "provenance": provenance}
+    record = {
+        **identity,
+        "seed": seed,
+        "images": len(xb),
+        "rows": rows,
+        "time_s": time.perf_counter() - start,
+        "provenance": provenance,
+    }
     write_json(output, record)
     log(f"{len(rows)} tensors described in {record['time_s']:.1f} s")
     return record

@@ -49,11 +49,18 @@ def augment(x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generat
     return x
 
 
-def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
-                    generator: torch.Generator | None = None, limit: int | None = None):
+def iterate_batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    limit: int | None = None,
+):
     """Yield (images, labels) batches; `limit` caps how many images are used."""
     n = len(x) if limit is None else min(limit, len(x))
     order = torch.randperm(len(x), generator=generator)[:n] if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
-        idx = order[start: start + batch_size].to(x.device)
+        idx = order[start : start + batch_size].to(x.device)
         yield x[idx], y[idx]

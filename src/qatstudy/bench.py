@@ -40,8 +40,16 @@ def _peak_rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def benchmark_onnx(onnx_path: str | Path, input_shape: tuple[int, ...], batch_sizes: list[int], *, threads: int,
-                   warmup: int, iterations: int, seed: int = 0) -> list[dict]:
+def benchmark_onnx(
+    onnx_path: str | Path,
+    input_shape: tuple[int, ...],
+    batch_sizes: list[int],
+    *,
+    threads: int,
+    warmup: int,
+    iterations: int,
+    seed: int = 0,
+) -> list[dict]:
     """One row per batch size. Peak memory: the process's peak RSS above its RSS before loading the model.
     `model_bytes` is what the runtime loads and `onnx_bytes` the ONNX file: the same file here, not for TensorRT
     (an engine built from an ONNX file)."""
@@ -64,18 +72,35 @@ def benchmark_onnx(onnx_path: str | Path, input_shape: tuple[int, ...], batch_si
             sess.run(None, {"input": x})
             times.append((time.perf_counter() - start) * 1000.0)
         times_ms = np.asarray(times)
-        rows.append({"backend": "onnxruntime-cpu", "batch": batch, "threads": threads, "iterations": iterations,
-                     "latency_ms_p50": float(np.percentile(times_ms, 50)),
-                     "latency_ms_p99": float(np.percentile(times_ms, 99)),
-                     "latency_ms_mean": float(times_ms.mean()),
-                     "throughput_ips": float(batch * 1000.0 / times_ms.mean()),
-                     "model_bytes": onnx_bytes, "onnx_bytes": onnx_bytes,
-                     "peak_mem_bytes": _peak_rss_bytes() - baseline})
+        rows.append(
+            {
+                "backend": "onnxruntime-cpu",
+                "batch": batch,
+                "threads": threads,
+                "iterations": iterations,
+                "latency_ms_p50": float(np.percentile(times_ms, 50)),
+                "latency_ms_p99": float(np.percentile(times_ms, 99)),
+                "latency_ms_mean": float(times_ms.mean()),
+                "throughput_ips": float(batch * 1000.0 / times_ms.mean()),
+                "model_bytes": onnx_bytes,
+                "onnx_bytes": onnx_bytes,
+                "peak_mem_bytes": _peak_rss_bytes() - baseline,
+            }
+        )
     return rows
 
 
-def interleaved_latency(onnx_paths: dict[str, str | Path], input_shape: tuple[int, ...], batch: int, *, threads: int,
-                        warmup: int, rounds: int, iterations: int, seed: int = 0) -> dict[str, dict]:
+def interleaved_latency(
+    onnx_paths: dict[str, str | Path],
+    input_shape: tuple[int, ...],
+    batch: int,
+    *,
+    threads: int,
+    warmup: int,
+    rounds: int,
+    iterations: int,
+    seed: int = 0,
+) -> dict[str, dict]:
     """Median latency of several models timed in turns on the same batch, for ratios between them.
 
     Each of `rounds` rounds runs every model `iterations` times, so load from other processes falls on all of
@@ -95,6 +120,13 @@ def interleaved_latency(onnx_paths: dict[str, str | Path], input_shape: tuple[in
                 sess.run(None, {"input": x})
                 wall[name].append(time.perf_counter() - start_wall)
                 cpu[name].append(time.process_time() - start_cpu)
-    return {name: {"batch": batch, "threads": threads, "runs": len(wall[name]),
-                   "wall_ms_p50": 1000.0 * float(np.median(wall[name])),
-                   "cpu_ms_p50": 1000.0 * float(np.median(cpu[name]))} for name in sessions}
+    return {
+        name: {
+            "batch": batch,
+            "threads": threads,
+            "runs": len(wall[name]),
+            "wall_ms_p50": 1000.0 * float(np.median(wall[name])),
+            "cpu_ms_p50": 1000.0 * float(np.median(cpu[name])),
+        }
+        for name in sessions
+    }

@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 
 from .bench import interleaved_latency
+from .config import bit_tags, load_config
 from .export import export_onnx, onnx_top1
 from .io import read_json
-from .config import bit_tags, load_config
 
 TARGETS = {"cnn": 0.67, "vit": 0.85}  # INT8 / FP32 latency, per model family
 NEVER_SLOWER = 1.0
@@ -35,32 +35,64 @@ def export_variants(run: Path, variants: list[str], out: Path, *, data: str, cal
     exported = {}
     for variant in variants:
         onnx_path = out / f"{variant}.onnx"
-        report = export_onnx(run / variant / "model.pt", onnx_path, out / f"{variant}_trt.onnx", data=data,
-                             calib_images=calibration["images"], calib_method=calibration["method"])
+        report = export_onnx(
+            run / variant / "model.pt",
+            onnx_path,
+            out / f"{variant}_trt.onnx",
+            data=data,
+            calib_images=calibration["images"],
+            calib_method=calibration["method"],
+        )
         exported[variant] = {"metrics": read_json(run / variant / "metrics.json"), "report": report, "onnx": onnx_path}
     return exported
 
 
-def compare(exported: dict[str, dict], *, batches: list[int], threads: int, warmup: int, rounds: int,
-            iterations: int, data: str | None) -> list[dict]:
+def compare(
+    exported: dict[str, dict],
+    *,
+    batches: list[int],
+    threads: int,
+    warmup: int,
+    rounds: int,
+    iterations: int,
+    data: str | None,
+) -> list[dict]:
     """One row per quantized variant and batch size: latencies against FP32 and the targets; with `data`, the
     deployed test top-1 against PyTorch's."""
     fp32 = exported["fp32"]["metrics"]
     rows = []
     top1 = {v: onnx_top1(e["onnx"], data, threads=threads) for v, e in exported.items() if v != "fp32"} if data else {}
     for batch in batches:
-        times = interleaved_latency({v: e["onnx"] for v, e in exported.items()}, tuple(fp32["input_shape"]), batch,
-                                    threads=threads, warmup=warmup, rounds=rounds, iterations=iterations)
+        times = interleaved_latency(
+            {v: e["onnx"] for v, e in exported.items()},
+            tuple(fp32["input_shape"]),
+            batch,
+            threads=threads,
+            warmup=warmup,
+            rounds=rounds,
+            iterations=iterations,
+        )
         for variant, e in exported.items():
             if variant == "fp32":
                 continue
             ratio = times[variant]["wall_ms_p50"] / times["fp32"]["wall_ms_p50"]
             target = TARGETS[fp32["family"]]
-            row = {"model": fp32["model"], "family": fp32["family"], "variant": variant, "batch": batch,
-                   "threads": threads, "fp32_ms": times["fp32"]["wall_ms_p50"], "int8_ms": times[variant]["wall_ms_p50"],
-                   "ratio": ratio, "cpu_ratio": times[variant]["cpu_ms_p50"] / times["fp32"]["cpu_ms_p50"],
-                   "target": target, "met": ratio <= min(target, NEVER_SLOWER), "ort_ops": e["report"]["ort_ops"],
-                   "torch_top1": e["metrics"]["test_top1"], "onnx_top1": top1.get(variant)}
+            row = {
+                "model": fp32["model"],
+                "family": fp32["family"],
+                "variant": variant,
+                "batch": batch,
+                "threads": threads,
+                "fp32_ms": times["fp32"]["wall_ms_p50"],
+                "int8_ms": times[variant]["wall_ms_p50"],
+                "ratio": ratio,
+                "cpu_ratio": times[variant]["cpu_ms_p50"] / times["fp32"]["cpu_ms_p50"],
+                "target": target,
+                "met": ratio <= min(target, NEVER_SLOWER),
+                "ort_ops": e["report"]["ort_ops"],
+                "torch_top1": e["metrics"]["test_top1"],
+                "onnx_top1": top1.get(variant),
+            }
             if row["onnx_top1"] is not None:
                 row["top1_delta"] = row["onnx_top1"] - row["torch_top1"]
                 row["top1_met"] = abs(row["top1_delta"]) <= MAX_TOP1_DELTA
@@ -73,17 +105,41 @@ def _fused(ops: dict) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| model | variant | batch | threads | FP32 ms p50 | INT8 ms p50 | INT8/FP32 | CPU-time ratio | target | "
-             "latency | torch top-1 | ONNX top-1 | delta | accuracy | onnxruntime runs |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---|"]
+    lines = [
+        "| model | variant | batch | threads | FP32 ms p50 | INT8 ms p50 | INT8/FP32 | CPU-time ratio | target | "
+        "latency | torch top-1 | ONNX top-1 | delta | accuracy | onnxruntime runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---|",
+    ]
     for r in rows:
-        accuracy = ["", "", "", ""] if r["onnx_top1"] is None else [
-            f"{r['torch_top1']:.2f}", f"{r['onnx_top1']:.2f}", f"{r['top1_delta']:+.2f}",
-            "met" if r["top1_met"] else "MISSED"]
-        lines.append(" | ".join([f"| {r['model']}", r["variant"], str(r["batch"]), str(r["threads"]),
-                                 f"{r['fp32_ms']:.2f}", f"{r['int8_ms']:.2f}", f"{r['ratio']:.2f}x",
-                                 f"{r['cpu_ratio']:.2f}x", f"<= {r['target']}x", "met" if r["met"] else "MISSED",
-                                 *accuracy, _fused(r["ort_ops"])]) + " |")
+        accuracy = (
+            ["", "", "", ""]
+            if r["onnx_top1"] is None
+            else [
+                f"{r['torch_top1']:.2f}",
+                f"{r['onnx_top1']:.2f}",
+                f"{r['top1_delta']:+.2f}",
+                "met" if r["top1_met"] else "MISSED",
+            ]
+        )
+        lines.append(
+            " | ".join(
+                [
+                    f"| {r['model']}",
+                    r["variant"],
+                    str(r["batch"]),
+                    str(r["threads"]),
+                    f"{r['fp32_ms']:.2f}",
+                    f"{r['int8_ms']:.2f}",
+                    f"{r['ratio']:.2f}x",
+                    f"{r['cpu_ratio']:.2f}x",
+                    f"<= {r['target']}x",
+                    "met" if r["met"] else "MISSED",
+                    *accuracy,
+                    _fused(r["ort_ops"]),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -98,12 +154,21 @@ def main(args: argparse.Namespace) -> None:
         for model in args.models or list(config["models"]):
             folder = out / model
             folder.mkdir(parents=True, exist_ok=True)
-            exported = export_variants(Path(args.runs) / model / f"seed{args.seed}",
-                                       ["fp32"] + [f"qat_{tag}" for tag in args.bits or bit_tags(config["bits"])],
-                                       folder, data=args.data, calibration=config["calibration"])
-            rows += compare(exported, batches=args.batches or bench["batch_sizes"], threads=bench["threads"],
-                            warmup=bench["warmup"], rounds=args.rounds, iterations=args.iterations,
-                            data=None if args.no_accuracy else args.data)
+            exported = export_variants(
+                Path(args.runs) / model / f"seed{args.seed}",
+                ["fp32"] + [f"qat_{tag}" for tag in args.bits or bit_tags(config["bits"])],
+                folder,
+                data=args.data,
+                calibration=config["calibration"],
+            )
+            rows += compare(
+                exported,
+                batches=args.batches or bench["batch_sizes"],
+                threads=bench["threads"],
+                warmup=bench["warmup"],
+                rounds=args.rounds,
+                iterations=args.iterations,
+                data=None if args.no_accuracy else args.data,
+            )
     print(format_table(rows))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from .config import REPO
+
 NOTHING_TO_DO = "Nothing to be done"
 RUN_LOGS = Path(".snakemake") / "log"  # each snakemake command writes its own log here
 
@@ -48,8 +49,19 @@ def grid_config(base: dict, models: int, bits: list, seeds: list[int]) -> dict:
 
 def snakemake(workdir: Path, configfile: Path, *args: str) -> tuple[float, str]:
     """Run snakemake in `workdir` with `configfile`; its wall time in seconds and its output."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(configfile), "--replace-workflow-config", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--replace-workflow-config",
+        *args,
+    ]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -103,25 +115,37 @@ def bench(workdir: Path, config: dict, repeats: int = 3, log=print) -> dict:
     noop_s, output = snakemake(workdir, configfile, "--cores", "1", "all", "ablation")
     after = snapshot(workdir)
     changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
-    return {"models": len(config["models"]), "bits": len(config["bits"]), "seeds": len(config["seeds"]["fp32"]),
-            "arms": len(config["ablation"]["arms"]), "jobs_all": jobs, "jobs_all_ablation": planned_jobs(full_plan),
-            "dry_run_s_best": min(times), "dry_run_s_median": statistics.median(times), "noop_run_s": noop_s,
-            "noop_nothing_to_do": NOTHING_TO_DO in output, "files": len(after), "files_changed": changed}
+    return {
+        "models": len(config["models"]),
+        "bits": len(config["bits"]),
+        "seeds": len(config["seeds"]["fp32"]),
+        "arms": len(config["ablation"]["arms"]),
+        "jobs_all": jobs,
+        "jobs_all_ablation": planned_jobs(full_plan),
+        "dry_run_s_best": min(times),
+        "dry_run_s_median": statistics.median(times),
+        "noop_run_s": noop_s,
+        "noop_nothing_to_do": NOTHING_TO_DO in output,
+        "files": len(after),
+        "files_changed": changed,
+    }
 
 
 def report(result: dict) -> str:
     changed = result["files_changed"]
-    return "\n".join([
-        f"grid: {result['models']} models x {result['bits']} bit-widths x {result['seeds']} seeds, "
-        f"{result['arms']} ablation arms",
-        f"snakemake -n all: {result['jobs_all']} jobs planned in {result['dry_run_s_best']:.2f} s "
-        f"(best; median {result['dry_run_s_median']:.2f} s)",
-        f"no-op run of all + ablation ({result['jobs_all_ablation']} jobs' outputs in place): "
-        f"{result['noop_run_s']:.2f} s, "
-        + ("nothing to be done" if result["noop_nothing_to_do"] else "JOBS WERE SCHEDULED"),
-        f"files changed by the no-op run: {len(changed)} of {result['files']}"
-        + (f" ({', '.join(changed[:10])})" if changed else ""),
-    ])
+    return "\n".join(
+        [
+            f"grid: {result['models']} models x {result['bits']} bit-widths x {result['seeds']} seeds, "
+            f"{result['arms']} ablation arms",
+            f"snakemake -n all: {result['jobs_all']} jobs planned in {result['dry_run_s_best']:.2f} s "
+            f"(best; median {result['dry_run_s_median']:.2f} s)",
+            f"no-op run of all + ablation ({result['jobs_all_ablation']} jobs' outputs in place): "
+            f"{result['noop_run_s']:.2f} s, "
+            + ("nothing to be done" if result["noop_nothing_to_do"] else "JOBS WERE SCHEDULED"),
+            f"files changed by the no-op run: {len(changed)} of {result['files']}"
+            + (f" ({', '.join(changed[:10])})" if changed else ""),
+        ]
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -135,4 +159,3 @@ def main(args: argparse.Namespace) -> int:
             result = bench(Path(folder), config, args.repeats)
     print(report(result))
     return 0 if result["noop_nothing_to_do"] and not result["files_changed"] else 1
-

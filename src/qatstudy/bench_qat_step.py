@@ -53,10 +53,22 @@ def _timed_step(model, images, labels, optimizer, *, label_smoothing: float, obj
     return time.perf_counter() - start, tracking
 
 
-def step_times(arch: str, kwargs: dict, *, image_shape: tuple[int, int, int], num_classes: int,
-               scheme: quant.QuantScheme, batch_size: int, lr: float, weight_decay: float,
-               label_smoothing: float = 0.0, objective: QATSettings = QATSettings(), steps: int = 20,
-               warmup: int = 3, seed: int = 0) -> dict:
+def step_times(
+    arch: str,
+    kwargs: dict,
+    *,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    scheme: quant.QuantScheme,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    label_smoothing: float = 0.0,
+    objective: QATSettings = QATSettings(),
+    steps: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+) -> dict:
     """Median milliseconds of an FP32 and a QAT training step of one model, measured alternately."""
     torch.manual_seed(seed)
     fp32 = build(arch, kwargs, num_classes=num_classes, in_chans=image_shape[0])
@@ -66,28 +78,40 @@ def step_times(arch: str, kwargs: dict, *, image_shape: tuple[int, int, int], nu
     labels = torch.randint(0, num_classes, (batch_size,))
     quant.calibrate(qat, [images], method="minmax", seed=seed)
     freeze_batchnorm(qat)
-    teacher = build(arch, kwargs, num_classes=num_classes, in_chans=image_shape[0]) if objective.distill_weight else None
+    teacher = (
+        build(arch, kwargs, num_classes=num_classes, in_chans=image_shape[0]) if objective.distill_weight else None
+    )
     qat_objective_ = QATObjective(qat, objective, teacher=teacher)
-    optimizers = {name: timm.optim.create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)
-                  for name, model in (("fp32", fp32), ("qat", qat))}
+    optimizers = {
+        name: timm.optim.create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)
+        for name, model in (("fp32", fp32), ("qat", qat))
+    }
     fp32.train()
     qat.train()
     times = {"fp32": [], "qat": [], "tracking": []}
     for i in range(warmup + steps):
         fp32_s, _ = _timed_step(fp32, images, labels, optimizers["fp32"], label_smoothing=label_smoothing)
-        qat_s, tracking_s = _timed_step(qat, images, labels, optimizers["qat"], label_smoothing=label_smoothing,
-                                        objective=qat_objective_)
+        qat_s, tracking_s = _timed_step(
+            qat, images, labels, optimizers["qat"], label_smoothing=label_smoothing, objective=qat_objective_
+        )
         if i >= warmup:
             times["fp32"].append(fp32_s)
             times["qat"].append(qat_s)
             times["tracking"].append(tracking_s)
     ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
-    return {"fp32_ms": ms["fp32"], "qat_ms": ms["qat"], "tracking_ms": ms["tracking"],
-            "ratio": ms["qat"] / ms["fp32"], "steps": steps, "batch_size": batch_size}
+    return {
+        "fp32_ms": ms["fp32"],
+        "qat_ms": ms["qat"],
+        "tracking_ms": ms["tracking"],
+        "ratio": ms["qat"] / ms["fp32"],
+        "steps": steps,
+        "batch_size": batch_size,
+    }
 
 
-def bench_config(config: dict, *, models: list[str] | None = None, tag: str = "w4a4", steps: int = 20,
-                 warmup: int = 3) -> list[dict]:
+def bench_config(
+    config: dict, *, models: list[str] | None = None, tag: str = "w4a4", steps: int = 20, warmup: int = 3
+) -> list[dict]:
     """`step_times` for each model of a (schema-validated) study config, with its QAT settings."""
     spec = get_spec(config["dataset"]["name"])
     rows = []
@@ -95,21 +119,36 @@ def bench_config(config: dict, *, models: list[str] | None = None, tag: str = "w
         model = config["models"][name]
         settings = merged_settings(config, "qat", name)
         scheme = quant.QuantScheme.from_tag(tag, **model_quant(config, name, SCHEMA))
-        times = step_times(model["arch"], model.get("kwargs", {}), image_shape=(spec.in_chans, spec.img_size, spec.img_size),
-                           num_classes=spec.num_classes, scheme=scheme, batch_size=settings["batch_size"],
-                           lr=settings["lr"], weight_decay=settings["weight_decay"],
-                           label_smoothing=settings.get("label_smoothing", 0.0),
-                           objective=QATSettings(**model_objective(config, name, SCHEMA)), steps=steps, warmup=warmup)
+        times = step_times(
+            model["arch"],
+            model.get("kwargs", {}),
+            image_shape=(spec.in_chans, spec.img_size, spec.img_size),
+            num_classes=spec.num_classes,
+            scheme=scheme,
+            batch_size=settings["batch_size"],
+            lr=settings["lr"],
+            weight_decay=settings["weight_decay"],
+            label_smoothing=settings.get("label_smoothing", 0.0),
+            objective=QATSettings(**model_objective(config, name, SCHEMA)),
+            steps=steps,
+            warmup=warmup,
+        )
         rows.append({"model": name, "arch": model["arch"], "bits": tag, **times})
     return rows
 
 
 def format_table(rows: list[dict], threads: int, target: float = TARGET_RATIO) -> str:
-    lines = [f"| model | arch | bits | batch | threads | FP32 ms/step | QAT ms/step | of which tracking ms | "
-             f"QAT/FP32 | target <= {target}x |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['model']} | {r['arch']} | {r['bits']} | {r['batch_size']} | {threads} | {r['fp32_ms']:.1f} | "
-              f"{r['qat_ms']:.1f} | {r['tracking_ms']:.1f} | {r['ratio']:.2f}x | "
-              f"{'met' if r['ratio'] <= target else 'MISSED'} |" for r in rows]
+    lines = [
+        f"| model | arch | bits | batch | threads | FP32 ms/step | QAT ms/step | of which tracking ms | "
+        f"QAT/FP32 | target <= {target}x |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['arch']} | {r['bits']} | {r['batch_size']} | {threads} | {r['fp32_ms']:.1f} | "
+        f"{r['qat_ms']:.1f} | {r['tracking_ms']:.1f} | {r['ratio']:.2f}x | "
+        f"{'met' if r['ratio'] <= target else 'MISSED'} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 

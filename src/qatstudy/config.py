@@ -30,6 +30,7 @@ def load_config(path) -> dict:
     validate(config, str(SCHEMA_PATH))
     return config
 
+
 # The config sections an ablation arm may override: everything that shapes a QAT run except its
 # training settings, which stay the study's so that arms differ only in what they ablate.
 ARM_SECTIONS = ("distillation", "regularizer", "quant", "oscillation")
@@ -44,8 +45,11 @@ SENSITIVITY_QUANT_OPTIONS = ("weight_per_channel", "act_asymmetric")
 # the FP32 model). Grid axes are left out (models, bits, seeds, ablation arms: adding one leaves the digests of
 # existing results alone), and so are settings that change no result (threads, figures, trt.transport).
 _FP32_SECTIONS = ("dataset", "train")
-STAGE_SECTIONS = {"fp32": _FP32_SECTIONS, "ptq": _FP32_SECTIONS + ("quant", "calibration"),
-                  "qat": _FP32_SECTIONS + ("qat", "quant", "calibration", "distillation", "regularizer", "oscillation")}
+STAGE_SECTIONS = {
+    "fp32": _FP32_SECTIONS,
+    "ptq": _FP32_SECTIONS + ("quant", "calibration"),
+    "qat": _FP32_SECTIONS + ("qat", "quant", "calibration", "distillation", "regularizer", "oscillation"),
+}
 _UNHASHED_DATASET_KEYS = ("mirrors", "urls")  # where the files come from does not change them: their MD5 is checked
 
 
@@ -71,10 +75,19 @@ def merged_settings(config: dict, stage: str, model: str) -> dict:
 def qat_objective(config: dict) -> dict:
     """QATSettings fields from the config's distillation, regularizer and oscillation sections."""
     distill, reg, osc = config["distillation"], config["regularizer"], config["oscillation"]
-    return canonical({"distill_weight": distill["weight"], "distill_temperature": distill["temperature"],
-            "crops": distill["crops"], "regularizer_weight": reg["weight"], "oscillation_momentum": osc["momentum"],
-            "oscillation_threshold": osc["threshold"], "freeze_threshold": osc["freeze_threshold"],
-            "freeze_threshold_final": osc["freeze_threshold_final"], "freeze_max_bits": osc["freeze_max_bits"]})
+    return canonical(
+        {
+            "distill_weight": distill["weight"],
+            "distill_temperature": distill["temperature"],
+            "crops": distill["crops"],
+            "regularizer_weight": reg["weight"],
+            "oscillation_momentum": osc["momentum"],
+            "oscillation_threshold": osc["threshold"],
+            "freeze_threshold": osc["freeze_threshold"],
+            "freeze_threshold_final": osc["freeze_threshold_final"],
+            "freeze_max_bits": osc["freeze_max_bits"],
+        }
+    )
 
 
 def config_digest(config: dict, stage: str, **settings) -> dict:
@@ -146,8 +159,10 @@ def ablation_arms(config: dict, schema: dict) -> dict[str, dict]:
     earlier arms' overrides). Keys are checked against the schema's sections, and each arm's
     merged config is validated against the whole schema, so a typo or a bad value names the arm.
     """
-    return {arm: _with_overrides(config, _arm_overrides(config, arm), schema, f"ablation.arms.{arm}")
-            for arm in config["ablation"]["arms"]}
+    return {
+        arm: _with_overrides(config, _arm_overrides(config, arm), schema, f"ablation.arms.{arm}")
+        for arm in config["ablation"]["arms"]
+    }
 
 
 def _arm_overrides(config: dict, arm: str) -> dict:
@@ -155,8 +170,10 @@ def _arm_overrides(config: dict, arm: str) -> dict:
     overrides = {k: v for k, v in config["ablation"]["arms"][arm].items() if k != "models"}
     for section in overrides:
         if section not in ARM_SECTIONS:
-            raise ValueError(f"ablation.arms.{arm}.{section}: unknown key; an arm overrides {', '.join(ARM_SECTIONS)}"
-                             " (and may name its models)")
+            raise ValueError(
+                f"ablation.arms.{arm}.{section}: unknown key; an arm overrides {', '.join(ARM_SECTIONS)}"
+                " (and may name its models)"
+            )
     return overrides
 
 
@@ -173,7 +190,9 @@ def arm_models(config: dict, arm: str) -> list[str]:
     models = config["ablation"]["arms"][arm].get("models", ablated)
     unknown = [m for m in models if m not in ablated]
     if unknown:
-        raise ValueError(f"ablation.arms.{arm}.models: {', '.join(unknown)} not in ablation.models ({', '.join(ablated)})")
+        raise ValueError(
+            f"ablation.arms.{arm}.models: {', '.join(unknown)} not in ablation.models ({', '.join(ablated)})"
+        )
     return list(models)
 
 
@@ -187,8 +206,9 @@ def model_config(config: dict, model: str, schema: dict) -> dict:
 def arm_config(config: dict, arm: str, model: str, schema: dict) -> dict:
     """The config of `model`'s runs in ablation arm `arm`: the model's own overrides, then the arm's, so that a key
     the arm sets is what the arm ablates, whatever the model sets."""
-    return _with_overrides(model_config(config, model, schema), _arm_overrides(config, arm), schema,
-                           f"ablation.arms.{arm}")
+    return _with_overrides(
+        model_config(config, model, schema), _arm_overrides(config, arm), schema, f"ablation.arms.{arm}"
+    )
 
 
 def model_quant(config: dict, model: str, schema: dict) -> dict:

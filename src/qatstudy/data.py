@@ -36,34 +36,73 @@ class DatasetSpec:
     default_mirrors: tuple[str, ...] = field(default=())
 
 
-_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 DATASETS = {
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist",
         # upstream's archives, then Debian's dataset-fashion-mnist (same images, recompressed)
-        files=dict(zip(_IDX_FILES, (("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "cf8536b0aa1a6ac5fa3f23001093305c"),
-                                    ("25c81989df183df01b3e8a0aad5dffbe", "10bea18fdb374794d4bb42e356e600c9"),
-                                    ("bef4ecab320f06d8554ea6380940ec79", "f78720b4224f21cce2f2ccf2d7a94c9a"),
-                                    ("bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01")))),
+        files=dict(
+            zip(
+                _IDX_FILES,
+                (
+                    ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "cf8536b0aa1a6ac5fa3f23001093305c"),
+                    ("25c81989df183df01b3e8a0aad5dffbe", "10bea18fdb374794d4bb42e356e600c9"),
+                    ("bef4ecab320f06d8554ea6380940ec79", "f78720b4224f21cce2f2ccf2d7a94c9a"),
+                    ("bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01"),
+                ),
+            )
+        ),
         urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        img_size=28, in_chans=1, num_classes=10,
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        img_size=28,
+        in_chans=1,
+        num_classes=10,
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
         default_mirrors=("/usr/share/datasets/fashion-mnist",),
     ),
     "mnist": DatasetSpec(
         name="mnist",
-        files=dict(zip(_IDX_FILES, (("f68b3c2dcbeaaa9fbdd348bbdeb94873",), ("d53e105ee54ea40749a09fcbcd1e9432",),
-                                    ("9fb629c4189551a2d022fa330f9573f3",), ("ec29112dd5afa0611ce80d1b7f02629c",)))),
+        files=dict(
+            zip(
+                _IDX_FILES,
+                (
+                    ("f68b3c2dcbeaaa9fbdd348bbdeb94873",),
+                    ("d53e105ee54ea40749a09fcbcd1e9432",),
+                    ("9fb629c4189551a2d022fa330f9573f3",),
+                    ("ec29112dd5afa0611ce80d1b7f02629c",),
+                ),
+            )
+        ),
         urls=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-        img_size=28, in_chans=1, num_classes=10, classes=tuple(str(i) for i in range(10)),
+        img_size=28,
+        in_chans=1,
+        num_classes=10,
+        classes=tuple(str(i) for i in range(10)),
         default_mirrors=("/usr/share/datasets/mnist",),
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
         files={"cifar-10-python.tar.gz": ("c58f30108f718f92721af3b95e74349a",)},
         urls=("https://www.cs.toronto.edu/~kriz/",),
-        img_size=32, in_chans=3, num_classes=10,
+        img_size=32,
+        in_chans=3,
+        num_classes=10,
         classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
 }
@@ -77,7 +116,9 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise DatasetError(f"unknown dataset {name!r} (config key dataset.name); choose one of {sorted(DATASETS)}") from None
+        raise DatasetError(
+            f"unknown dataset {name!r} (config key dataset.name); choose one of {sorted(DATASETS)}"
+        ) from None
 
 
 def md5sum(path: Path) -> str:
@@ -97,8 +138,13 @@ def _copy_verified(fetch, dest: Path, accepted_md5: tuple[str, ...]) -> None:
             raise DatasetError(f"checksum mismatch: MD5 {actual}, expected one of {', '.join(accepted_md5)}")
 
 
-def fetch_dataset(name: str, raw_dir: str | Path, mirrors: list[str] | None = None, urls: list[str] | None = None,
-                  timeout: float = 60.0) -> dict[str, Path]:
+def fetch_dataset(
+    name: str,
+    raw_dir: str | Path,
+    mirrors: list[str] | None = None,
+    urls: list[str] | None = None,
+    timeout: float = 60.0,
+) -> dict[str, Path]:
     """Make every file of dataset `name` present and verified in `raw_dir`; returns their paths."""
     spec = get_spec(name)
     raw_dir = Path(raw_dir)
@@ -114,7 +160,9 @@ def fetch_dataset(name: str, raw_dir: str | Path, mirrors: list[str] | None = No
                 found[file_name] = dest
                 continue
             tried.append(f"{dest}: present but checksum mismatch (expected MD5 {' or '.join(expected)})")
-        sources = [("mirror", d / file_name) for d in mirror_dirs] + [("url", u.rstrip("/") + "/" + file_name) for u in base_urls]
+        sources = [("mirror", d / file_name) for d in mirror_dirs] + [
+            ("url", u.rstrip("/") + "/" + file_name) for u in base_urls
+        ]
         for kind, source in sources:
             try:
                 if kind == "mirror":
@@ -123,9 +171,11 @@ def fetch_dataset(name: str, raw_dir: str | Path, mirrors: list[str] | None = No
                         continue
                     _copy_verified(lambda tmp, src=source: shutil.copyfile(src, tmp), dest, expected)
                 else:
+
                     def download(tmp, url=source):
                         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
                             shutil.copyfileobj(response, out)
+
                     _copy_verified(download, dest, expected)
             except (OSError, DatasetError) as err:
                 tried.append(f"{source}: {err}")
@@ -133,10 +183,14 @@ def fetch_dataset(name: str, raw_dir: str | Path, mirrors: list[str] | None = No
             found[file_name] = dest
             break
         else:
-            hint = ("install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
-                    if name == "fashion_mnist" else "")
+            hint = (
+                "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
+                if name == "fashion_mnist"
+                else ""
+            )
             raise DatasetError(
-                f"could not obtain {file_name} for dataset {name!r}. Tried:\n  - " + "\n  - ".join(tried)
+                f"could not obtain {file_name} for dataset {name!r}. Tried:\n  - "
+                + "\n  - ".join(tried)
                 + f"\nTo fix: {hint}copy the file into {raw_dir}, or list a folder holding it under the config key "
                 "dataset.mirrors."
             )
@@ -154,7 +208,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DatasetError(f"{path}: not an IDX file of unsigned bytes")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(shape)):
         raise DatasetError(f"{path}: header says shape {shape} but the file holds {len(data) - offset} bytes")
@@ -189,8 +243,16 @@ def load_raw(name: str, raw_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np
     return x_train[:, None], y_train, x_test[:, None], y_test
 
 
-def prepare_splits(name: str, raw_dir: str | Path, out_path: str | Path, *, val_size: int, split_seed: int,
-                   train_subset: int | None = None, test_subset: int | None = None) -> dict:
+def prepare_splits(
+    name: str,
+    raw_dir: str | Path,
+    out_path: str | Path,
+    *,
+    val_size: int,
+    split_seed: int,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+) -> dict:
     """Write train / val / test arrays to one .npz; returns a summary of the split."""
     x_train, y_train, x_test, y_test = load_raw(name, raw_dir)
     if not 0 < val_size < len(x_train):
@@ -204,14 +266,28 @@ def prepare_splits(name: str, raw_dir: str | Path, out_path: str | Path, *, val_
     # per-channel normalisation statistics come from the training split only
     mean = x_tr.reshape(len(x_tr), x_tr.shape[1], -1).mean(axis=(0, 2)) / 255.0
     std = x_tr.reshape(len(x_tr), x_tr.shape[1], -1).std(axis=(0, 2)) / 255.0
-    arrays = dict(x_train=x_tr, y_train=y_train[train_idx], x_val=x_train[val_idx], y_val=y_train[val_idx],
-                  x_test=x_test[test_idx], y_test=y_test[test_idx], mean=mean.astype(np.float32),
-                  std=std.astype(np.float32))
+    arrays = dict(
+        x_train=x_tr,
+        y_train=y_train[train_idx],
+        x_val=x_train[val_idx],
+        y_val=y_train[val_idx],
+        x_test=x_test[test_idx],
+        y_test=y_test[test_idx],
+        mean=mean.astype(np.float32),
+        std=std.astype(np.float32),
+    )
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-    return {"dataset": name, "train": int(len(train_idx)), "val": int(len(val_idx)), "test": int(len(test_idx)),
-            "split_seed": split_seed, "mean": mean.tolist(), "std": std.tolist()}
+    return {
+        "dataset": name,
+        "train": int(len(train_idx)),
+        "val": int(len(val_idx)),
+        "test": int(len(test_idx)),
+        "split_seed": split_seed,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+    }
 
 
 def raw_file_names(name: str) -> list[str]:

@@ -72,8 +72,11 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> int:
         model.graph.node.remove(node)
     if folded:  # drop constants no longer used by any node
         used = {name for node in model.graph.node for name in node.input}
-        for init in [i for i in model.graph.initializer if i.name not in used and i.name not in
-                     {o.name for o in model.graph.output}]:
+        for init in [
+            i
+            for i in model.graph.initializer
+            if i.name not in used and i.name not in {o.name for o in model.graph.output}
+        ]:
             model.graph.initializer.remove(init)
         for node in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in used]:
             model.graph.node.remove(node)
@@ -110,43 +113,64 @@ def simplify(exported: onnx.ModelProto, x: np.ndarray, *, tolerance: float, what
     if not ok:
         raise RuntimeError(f"onnxsim could not validate the simplified graph of {what}")
     if _qdq_counts(simplified) != _qdq_counts(exported):
-        raise RuntimeError(f"onnxsim changed the Q/DQ nodes of {what}: (QuantizeLinear, DequantizeLinear) "
-                           f"{_qdq_counts(exported)} became {_qdq_counts(simplified)}")
+        raise RuntimeError(
+            f"onnxsim changed the Q/DQ nodes of {what}: (QuantizeLinear, DequantizeLinear) "
+            f"{_qdq_counts(exported)} became {_qdq_counts(simplified)}"
+        )
     if (diff := _differs(_logits(simplified, x), _logits(exported, x), tolerance)) is not None:
         raise RuntimeError(f"onnxsim changed the outputs of {what} by {diff:.3g}")
     return simplified
 
 
 def _compare(actual: np.ndarray, expected: np.ndarray, labels: np.ndarray) -> dict:
-    return {"max_abs_diff_vs_torch": float(np.abs(actual - expected).max()),
-            "argmax_agreement_vs_torch": float((actual.argmax(1) == expected.argmax(1)).mean()),
-            "check_top1": 100.0 * float((actual.argmax(1) == labels).mean())}
+    return {
+        "max_abs_diff_vs_torch": float(np.abs(actual - expected).max()),
+        "argmax_agreement_vs_torch": float((actual.argmax(1) == expected.argmax(1)).mean()),
+        "check_top1": 100.0 * float((actual.argmax(1) == labels).mean()),
+    }
 
 
-def export_onnx(checkpoint: str | Path, out_path: str | Path, trt_path: str | Path, *, data: str | Path,
-                calib_images: int = 1024, calib_method: str = "mse", check_batch: int = 512, tolerance: float = 0.05,
-                max_drop: float = 10.0, seed: int = 0) -> dict:
+def export_onnx(
+    checkpoint: str | Path,
+    out_path: str | Path,
+    trt_path: str | Path,
+    *,
+    data: str | Path,
+    calib_images: int = 1024,
+    calib_method: str = "mse",
+    check_batch: int = 512,
+    tolerance: float = 0.05,
+    max_drop: float = 10.0,
+    seed: int = 0,
+) -> dict:
     """Export a checkpoint as the onnxruntime layout (`out_path`) and the TensorRT layout (`trt_path`), both
     simplified and checked against PyTorch on `check_batch` validation images; the onnxruntime layout's new
     output quantizers calibrate on `calib_images` training images of `data` by `calib_method` (qdq.cpu_layout).
 
-    The reference graph (Q/DQ where training quantized) must compute what PyTorch computes: float round-off
-    upstream of a quantizer (LayerNorm, softmax) can move a value across a rounding boundary and flip one integer
-    step, so an image's logits may differ, but more than MAX_DIFFERING_SHARE of the images differing by over
-    `tolerance` x the largest logit means a broken export (`_differs`). The two layouts are not exact (new 8-bit output quantizers; unsigned 8-bit activations at half
-    resolution for TensorRT), and at 2 or 3 bits one flipped step changes many images' predictions (a W2A2 ResNet
-    agreed with PyTorch on 86% of images at the same test top-1), so a layout must instead not lose more than
-    `max_drop` points of top-1 on the check images: that catches a broken layout, not a small loss, which the
-    test split's top-1 (measured separately, for accuracy.csv) shows.
+    The reference graph (Q/DQ where training quantized) must compute what PyTorch computes: float round-off upstream
+    of a quantizer (LayerNorm, softmax) can move a value across a rounding boundary and flip one integer step, so an
+    image's logits may differ, but more than MAX_DIFFERING_SHARE of the images differing by over `tolerance` x the
+    largest logit means a broken export (`_differs`). The two layouts are not exact (new 8-bit output quantizers;
+    unsigned 8-bit activations at half resolution for TensorRT), and at 2 or 3 bits one flipped step changes many
+    images' predictions (a W2A2 ResNet agreed with PyTorch on 86% of images at the same test top-1), so a layout
+    must instead not lose more than `max_drop` points of top-1 on the check images: that catches a broken layout,
+    not a small loss, which the test split's top-1 (measured separately, for accuracy.csv) shows.
     """
     model, ckpt = load_checkpoint(checkpoint)
     shape = ckpt["image_shape"]
     buffer = io.BytesIO()
     with quant.export_mode(model), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-        torch.onnx.export(model, (torch.zeros(1, *shape),), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, *shape),),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     exported = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(exported)
     splits = Splits(data)
@@ -158,30 +182,45 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, trt_path: str | Pa
     folded = fold_weight_quantizers(reference)
     onnx.checker.check_model(reference)
     if (diff := _differs(_logits(reference, x), expected, tolerance)) is not None:
-        raise RuntimeError(f"ONNX output differs from PyTorch by {diff:.3g} (largest logit "
-                           f"{np.abs(expected).max():.3g}) for {checkpoint}")
-    batches = (b.numpy() for b in calibration_batches(splits, images=calib_images, batch_size=CALIBRATION_BATCH,
-                                                         seed=seed))
+        raise RuntimeError(
+            f"ONNX output differs from PyTorch by {diff:.3g} (largest logit "
+            f"{np.abs(expected).max():.3g}) for {checkpoint}"
+        )
+    batches = (
+        b.numpy() for b in calibration_batches(splits, images=calib_images, batch_size=CALIBRATION_BATCH, seed=seed)
+    )
     flavours = {"cpu": qdq.cpu_layout(reference, batches, calib_method), "trt": qdq.trt_layout(reference)}
     torch_top1 = 100.0 * float((expected.argmax(1) == labels).mean())
     checks = {name: _compare(_logits(graph, x), expected, labels) for name, (graph, _) in flavours.items()}
     for name, check in checks.items():
         if check["check_top1"] < torch_top1 - max_drop:
-            raise RuntimeError(f"the {name} layout of {checkpoint} has top-1 {check['check_top1']:.1f}% on {len(x)} "
-                               f"validation images, PyTorch {torch_top1:.1f}%")
+            raise RuntimeError(
+                f"the {name} layout of {checkpoint} has top-1 {check['check_top1']:.1f}% on {len(x)} "
+                f"validation images, PyTorch {torch_top1:.1f}%"
+            )
     for (graph, _), path in zip(flavours.values(), (out_path, trt_path)):
         with atomic_path(path) as tmp:
             onnx.save(graph, str(tmp))
     ort_ops = optimized_op_counts(flavours["cpu"][0])
     exported_q = _qdq_counts(exported)[0]
-    return {**checks["cpu"], "check_torch_top1": torch_top1, "onnx_bytes": Path(out_path).stat().st_size, "opset": OPSET,
-            **quant.model_size_bytes(model), "quantize_nodes_exported": exported_q,
-            "quantize_nodes_simplified": exported_q, "weight_quantizers_folded": folded,
-            "dequantize_nodes": _qdq_counts(reference)[1], "nodes_exported": len(exported.graph.node),
-            "nodes_simplified": len(reference.graph.node), "layout": flavours["cpu"][1],
-            "ort_ops": {op: n for op, n in sorted(ort_ops.items()) if op in qdq.FUSED_OPS + qdq.FLOAT_LAYER_OPS},
-            "trt_onnx_bytes": Path(trt_path).stat().st_size, "trt_layout": flavours["trt"][1],
-            **{f"trt_{k}": v for k, v in checks["trt"].items()}}
+    return {
+        **checks["cpu"],
+        "check_torch_top1": torch_top1,
+        "onnx_bytes": Path(out_path).stat().st_size,
+        "opset": OPSET,
+        **quant.model_size_bytes(model),
+        "quantize_nodes_exported": exported_q,
+        "quantize_nodes_simplified": exported_q,
+        "weight_quantizers_folded": folded,
+        "dequantize_nodes": _qdq_counts(reference)[1],
+        "nodes_exported": len(exported.graph.node),
+        "nodes_simplified": len(reference.graph.node),
+        "layout": flavours["cpu"][1],
+        "ort_ops": {op: n for op, n in sorted(ort_ops.items()) if op in qdq.FUSED_OPS + qdq.FLOAT_LAYER_OPS},
+        "trt_onnx_bytes": Path(trt_path).stat().st_size,
+        "trt_layout": flavours["trt"][1],
+        **{f"trt_{k}": v for k, v in checks["trt"].items()},
+    }
 
 
 def onnx_top1(onnx_path: str | Path, data: str | Path, *, threads: int = 1, batch_size: int = 500) -> float:
@@ -191,6 +230,6 @@ def onnx_top1(onnx_path: str | Path, data: str | Path, *, threads: int = 1, batc
     x, y = splits.x["test"].numpy(), splits.y["test"].numpy()
     correct = 0
     for start in range(0, len(y), batch_size):
-        logits = sess.run(None, {"input": x[start: start + batch_size]})[0]
-        correct += int((logits.argmax(axis=1) == y[start: start + batch_size]).sum())
+        logits = sess.run(None, {"input": x[start : start + batch_size]})[0]
+        correct += int((logits.argmax(axis=1) == y[start : start + batch_size]).sum())
     return 100.0 * correct / len(y)

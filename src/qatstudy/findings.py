@@ -22,11 +22,22 @@ POINTS = "top-1 points"
 VARIATION_STATS = ("kurtosis", "channel_cv", "outlier_ratio")
 
 
-def _row(claim: str, subject: str, w: int, a: int, effect: float, low: float, high: float, n: int,
-         unit: str = POINTS) -> dict:
+def _row(
+    claim: str, subject: str, w: int, a: int, effect: float, low: float, high: float, n: int, unit: str = POINTS
+) -> dict:
     shown = bool(not math.isnan(low) and (low > 0 or high < 0))
-    return {"claim": claim, "subject": subject, "w_bits": w, "a_bits": a, "effect": effect, "ci_low": low,
-            "ci_high": high, "n": n, "shown": shown, "unit": unit}
+    return {
+        "claim": claim,
+        "subject": subject,
+        "w_bits": w,
+        "a_bits": a,
+        "effect": effect,
+        "ci_low": low,
+        "ci_high": high,
+        "n": n,
+        "shown": shown,
+        "unit": unit,
+    }
 
 
 def _paired(claim: str, subject: str, w: int, a: int, per_seed: pd.Series) -> dict:
@@ -73,8 +84,10 @@ def oscillation_findings(oscillation: pd.DataFrame) -> list[dict]:
     """Per bit pair: ViT minus CNN share of oscillating weights (whole model) in the last QAT epoch, for the
     oscillation measure and for the integer-flip count that also holds step-size jitter."""
     overall = oscillation[oscillation.layer == "(all)"]
-    last = overall[overall.epoch == overall.groupby(["model", "w_bits", "a_bits", "seed", "qat_seed"],
-                                                    dropna=False).epoch.transform("max")]
+    last = overall[
+        overall.epoch
+        == overall.groupby(["model", "w_bits", "a_bits", "seed", "qat_seed"], dropna=False).epoch.transform("max")
+    ]
     measures = {"oscillating_share": "vit_minus_cnn_oscillation", "integer_flip_share": "vit_minus_cnn_integer_flips"}
     measures = {column: claim for column, claim in measures.items() if last[column].notna().any()}
     per_seed = last.groupby(["model", "family", "w_bits", "a_bits", "seed"], as_index=False)[list(measures)].mean()
@@ -97,8 +110,9 @@ def variation_findings(variation: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def findings_table(accuracy: pd.DataFrame, oscillation: pd.DataFrame | None = None,
-                   variation: pd.DataFrame | None = None) -> pd.DataFrame:
+def findings_table(
+    accuracy: pd.DataFrame, oscillation: pd.DataFrame | None = None, variation: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Every claim the tables support: accuracy drops and gaps, oscillation and variation, ViT against CNN."""
     rows = accuracy_findings(accuracy)
     if oscillation is not None and not oscillation.empty:
@@ -106,8 +120,9 @@ def findings_table(accuracy: pd.DataFrame, oscillation: pd.DataFrame | None = No
     if variation is not None and not variation.empty:
         rows += variation_findings(variation)
     frame = pd.DataFrame(rows, columns=FINDING_COLUMNS)
-    return frame.sort_values(["claim", "w_bits", "a_bits", "subject"], ascending=[True, False, False, True],
-                             ignore_index=True)
+    return frame.sort_values(
+        ["claim", "w_bits", "a_bits", "subject"], ascending=[True, False, False, True], ignore_index=True
+    )
 
 
 def _number(value: float, unit: str, sign: str = "") -> str:
@@ -118,12 +133,27 @@ def findings_markdown(findings: pd.DataFrame) -> str:
     lines = ["| Claim | Subject | Bits | Effect | 95% CI | n | Shown | Unit |", "|---|---|---|---:|---|---:|---|---|"]
     for r in findings.itertuples():
         interval = "–" if math.isnan(r.ci_low) else f"[{_number(r.ci_low, r.unit)}, {_number(r.ci_high, r.unit)}]"
-        lines.append(markdown_row([r.claim, r.subject, bits_heading(r.w_bits, r.a_bits), _number(r.effect, r.unit, "+"),
-                                   interval, str(r.n), "yes" if r.shown else "not shown", r.unit]))
-    lines += ["", "Test top-1 points: qat_drop_from_fp32 is each FP32 seed's FP32 top-1 minus its QAT runs' mean (QAT "
-              "seeds averaged within it), t-interval over FP32 seeds; qat_minus_ptq is QAT minus PTQ top-1 on the same "
-              "FP32 model, t-interval over FP32 seeds. vit_minus_cnn_*: the ViTs' mean minus the CNNs', Welch interval "
-              "over one value per model and FP32 seed of each family — the QAT drop; the share of weights oscillating "
-              "in the last QAT epoch (and of integer flips, which also count step-size jitter); and each FP32 "
-              "variation statistic over the layers' weights or inputs. Shown: the 95% interval excludes zero."]
+        lines.append(
+            markdown_row(
+                [
+                    r.claim,
+                    r.subject,
+                    bits_heading(r.w_bits, r.a_bits),
+                    _number(r.effect, r.unit, "+"),
+                    interval,
+                    str(r.n),
+                    "yes" if r.shown else "not shown",
+                    r.unit,
+                ]
+            )
+        )
+    lines += [
+        "",
+        "Test top-1 points: qat_drop_from_fp32 is each FP32 seed's FP32 top-1 minus its QAT runs' mean (QAT "
+        "seeds averaged within it), t-interval over FP32 seeds; qat_minus_ptq is QAT minus PTQ top-1 on the same "
+        "FP32 model, t-interval over FP32 seeds. vit_minus_cnn_*: the ViTs' mean minus the CNNs', Welch interval "
+        "over one value per model and FP32 seed of each family — the QAT drop; the share of weights oscillating "
+        "in the last QAT epoch (and of integer flips, which also count step-size jitter); and each FP32 "
+        "variation statistic over the layers' weights or inputs. Shown: the 95% interval excludes zero.",
+    ]
     return "\n".join(lines) + "\n"

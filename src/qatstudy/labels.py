@@ -34,7 +34,7 @@ def bits_heading(w_bits: int, a_bits: int) -> str:
 
 
 def bits_label(w_bits: int, a_bits: int, precision: str | None = None) -> str:
-    """"8-bit", "W4A8", "FP32", or "FP16" for a float model's FP16 TensorRT engine (bench.csv's precision): the bit
+    """ "8-bit", "W4A8", "FP32", or "FP16" for a float model's FP16 TensorRT engine (bench.csv's precision): the bit
     pair in the charts."""
     if w_bits >= FLOAT_BITS:
         return "FP16" if precision == "fp16" else "FP32"

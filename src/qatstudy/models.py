@@ -41,8 +41,17 @@ def vit_convstem_tiny(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """A DeiT-Tiny-style ViT with a conv stem; defaults sized for 28x28 inputs (49 tokens)."""
     if pretrained:
         raise ValueError("vit_convstem_tiny has no pretrained weights")
-    args = dict(img_size=28, patch_size=4, embed_dim=64, depth=4, num_heads=2, mlp_ratio=2.0,
-                class_token=False, global_pool="avg", embed_layer=ConvStemPatchEmbed)
+    args = dict(
+        img_size=28,
+        patch_size=4,
+        embed_dim=64,
+        depth=4,
+        num_heads=2,
+        mlp_ratio=2.0,
+        class_token=False,
+        global_pool="avg",
+        embed_layer=ConvStemPatchEmbed,
+    )
     return VisionTransformer(**{**args, **_timm_args(kwargs)})
 
 
@@ -56,13 +65,27 @@ def swin_convstem_tiny(pretrained: bool = False, **kwargs) -> SwinTransformer:
     """A two-stage Swin with a conv stem; defaults sized for 28x28 inputs (14x14 tokens, 7x7 windows)."""
     if pretrained:
         raise ValueError("swin_convstem_tiny has no pretrained weights")
-    args = dict(img_size=28, patch_size=2, window_size=7, embed_dim=48, depths=(2, 2), num_heads=(2, 4),
-                embed_layer=ConvStemPatchEmbed)
+    args = dict(
+        img_size=28,
+        patch_size=2,
+        window_size=7,
+        embed_dim=48,
+        depths=(2, 2),
+        num_heads=(2, 4),
+        embed_layer=ConvStemPatchEmbed,
+    )
     return SwinTransformer(**{**args, **_timm_args(kwargs)})
 
 
-def create_model(arch: str, *, num_classes: int, in_chans: int, kwargs: dict | None = None,
-                 pretrained: bool = False, zero_init_head: bool = False) -> nn.Module:
+def create_model(
+    arch: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    kwargs: dict | None = None,
+    pretrained: bool = False,
+    zero_init_head: bool = False,
+) -> nn.Module:
     """Build any timm model by registry name, sized for the dataset.
 
     With `pretrained`, timm fetches the weights (from its cache or the Hugging Face hub) and adapts
@@ -80,9 +103,11 @@ def create_model(arch: str, *, num_classes: int, in_chans: int, kwargs: dict | N
         try:
             model = timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
         except Exception as err:  # hub, network and missing-weight errors come in many types
-            raise RuntimeError(f"could not load pretrained weights for {arch!r} (config key models.<name>.pretrained): "
-                               f"{type(err).__name__}: {err}. Set pretrained: false to train from scratch, or make "
-                               "the weights reachable (network access or a populated Hugging Face cache).") from err
+            raise RuntimeError(
+                f"could not load pretrained weights for {arch!r} (config key models.<name>.pretrained): "
+                f"{type(err).__name__}: {err}. Set pretrained: false to train from scratch, or make "
+                "the weights reachable (network access or a populated Hugging Face cache)."
+            ) from err
     if zero_init_head:
         head = model.get_classifier()
         nn.init.zeros_(head.weight)

@@ -30,8 +30,15 @@ REGULARIZER_START = 0.25  # share of QAT before the bin regularizer starts (Huan
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, dim=1),
-                    log_target=True, reduction="batchmean") * temperature**2
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / temperature, dim=1),
+            F.log_softmax(teacher_logits / temperature, dim=1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
 
 
 def bin_regularizer(model: nn.Module) -> torch.Tensor:
@@ -77,11 +84,14 @@ class QATObjective:
             raise ValueError("distillation needs a teacher model")
         self.model, self.settings = model, settings
         self.teacher = teacher.eval() if teacher is not None and settings.distill_weight > 0 else None
-        self.tracker = OscillationTracker(model, momentum=settings.oscillation_momentum,
-                                          threshold=settings.oscillation_threshold,
-                                          freeze_threshold=settings.freeze_threshold,
-                                          freeze_threshold_final=settings.freeze_threshold_final,
-                                          freeze_max_bits=settings.freeze_max_bits)
+        self.tracker = OscillationTracker(
+            model,
+            momentum=settings.oscillation_momentum,
+            threshold=settings.oscillation_threshold,
+            freeze_threshold=settings.freeze_threshold,
+            freeze_threshold_final=settings.freeze_threshold_final,
+            freeze_max_bits=settings.freeze_max_bits,
+        )
 
     @property
     def crops(self) -> int:
@@ -93,7 +103,9 @@ class QATObjective:
         t = min(max((progress - REGULARIZER_START) / (1 - REGULARIZER_START), 0.0), 1.0)
         return self.settings.regularizer_weight * (1 - math.cos(math.pi * t)) / 2
 
-    def loss(self, logits: torch.Tensor, label_loss: torch.Tensor, images: torch.Tensor, progress: float) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, label_loss: torch.Tensor, images: torch.Tensor, progress: float
+    ) -> torch.Tensor:
         loss = label_loss
         if self.teacher is not None:
             with torch.no_grad():
@@ -123,8 +135,13 @@ class QATObjective:
 
         def share(key: str) -> float:
             return sum(layers[n][key] * weights[n] for n in layers) / total
-        return {"oscillating_share": share("oscillating"), "integer_flip_share": share("integer_flips"),
-                "frozen_share": share("frozen"), "layers": layers}
+
+        return {
+            "oscillating_share": share("oscillating"),
+            "integer_flip_share": share("integer_flips"),
+            "frozen_share": share("frozen"),
+            "layers": layers,
+        }
 
     def state_dict(self) -> dict:
         return self.tracker.state_dict()

@@ -21,8 +21,18 @@ import psutil
 
 from .io import read_json
 
-PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxsim", "numpy", "snakemake", "qatstudy",
-            "tensorrt")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "onnx",
+    "onnxruntime",
+    "onnxsim",
+    "numpy",
+    "snakemake",
+    "qatstudy",
+    "tensorrt",
+)
 CODE = Path(__file__).resolve().parent  # the package's source; its git checkout is the study's code
 # the workflow's own published outputs: writing them does not make the code dirty
 OUTPUTS = "results"
@@ -77,25 +87,39 @@ def _gpus() -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        result = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                text=True, timeout=30)
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
 
 
 def hardware() -> dict:
-    return {"host": socket.gethostname(), "machine": platform.machine(), "cpu": _cpu_model(),
-            "cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "memory_bytes": psutil.virtual_memory().total, "gpus": _gpus()}
+    return {
+        "host": socket.gethostname(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "memory_bytes": psutil.virtual_memory().total,
+        "gpus": _gpus(),
+    }
 
 
 def provenance(config_digest: dict | None = None, seed: int | None = None, qat_seed: int | None = None) -> dict:
     """The provenance record of a result made now, in this process (in a SLURM job: its job id)."""
     digest = config_digest or {}
-    return {**git_state(), "packages": package_versions(), "hardware": hardware(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "config_scope": digest.get("scope"),
-            "config_hash": digest.get("hash"), "seed": seed, "qat_seed": qat_seed}
+    return {
+        **git_state(),
+        "packages": package_versions(),
+        "hardware": hardware(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "config_scope": digest.get("scope"),
+        "config_hash": digest.get("hash"),
+        "seed": seed,
+        "qat_seed": qat_seed,
+    }
 
 
 def with_tensorrt(record: dict | None, version: str | None) -> dict | None:
@@ -121,8 +145,10 @@ def mixed_configs(results: dict[str, dict]) -> list[str]:
     problems = []
     bare = [path for path, result in results.items() if not result.get("provenance")]
     if bare and len(bare) < len(results):
-        problems.append(f"{len(bare)} results carry no provenance (written before results recorded it), so their "
-                        f"config is unknown: {_named(bare)}")
+        problems.append(
+            f"{len(bare)} results carry no provenance (written before results recorded it), so their "
+            f"config is unknown: {_named(bare)}"
+        )
     kinds = defaultdict(lambda: defaultdict(list))
     for path, result in results.items():
         if result.get("provenance"):
@@ -131,8 +157,12 @@ def mixed_configs(results: dict[str, dict]) -> list[str]:
     for (scope, arm), by_hash in kinds.items():
         if len(by_hash) > 1:
             kind = f"'{scope}' results" + (f" of ablation arm '{arm}'" if arm else "")
-            problems.append(f"{kind} come from {len(by_hash)} different configs; " + "; ".join(
-                f"config hash {config_hash}: {_named(paths)}" for config_hash, paths in sorted(by_hash.items())))
+            problems.append(
+                f"{kind} come from {len(by_hash)} different configs; "
+                + "; ".join(
+                    f"config hash {config_hash}: {_named(paths)}" for config_hash, paths in sorted(by_hash.items())
+                )
+            )
     return problems
 
 
@@ -141,8 +171,11 @@ def check_one_config(files: list[str], *, allow_mixed: bool, log=print) -> None:
     aggregate.allow_mixed_config), in which case each mix is only logged."""
     problems = mixed_configs({str(f): read_json(f) for f in files})
     if problems and not allow_mixed:
-        raise ValueError("refusing to mix results from different configs:\n  " + "\n  ".join(problems)
-                         + "\nRerun the stale results (snakemake --forcerun <rule>, or delete them), or set "
-                           "aggregate.allow_mixed_config: true to tabulate them anyway.")
+        raise ValueError(
+            "refusing to mix results from different configs:\n  "
+            + "\n  ".join(problems)
+            + "\nRerun the stale results (snakemake --forcerun <rule>, or delete them), or set "
+            "aggregate.allow_mixed_config: true to tabulate them anyway."
+        )
     for problem in problems:
         log(f"warning (aggregate.allow_mixed_config): {problem}")

@@ -36,12 +36,21 @@ import onnx
 import torch
 from onnx import helper, numpy_helper, version_converter
 
-from .quant.calibrate import init_asymmetric_range
 from .ort_sessions import session
+from .quant.calibrate import init_asymmetric_range
 
 U8_MIN, U8_MAX = 0, 255
-FUSED_OPS = ("QLinearConv", "MatMulIntegerToFloat", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
-             "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat")
+FUSED_OPS = (
+    "QLinearConv",
+    "MatMulIntegerToFloat",
+    "QLinearMatMul",
+    "QGemm",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearGlobalAveragePool",
+    "QLinearAveragePool",
+    "QLinearConcat",
+)
 FLOAT_LAYER_OPS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm")
 
 
@@ -126,7 +135,7 @@ class _QParams:
     zero_point: np.ndarray  # 0-d, its dtype is the container
 
     @classmethod
-    def of(cls, g: Graph, node: onnx.NodeProto) -> "_QParams | None":
+    def of(cls, g: Graph, node: onnx.NodeProto) -> _QParams | None:
         scale = g.constant(node.input[1])
         zero = g.optional_constant(node, 2, np.array(0, np.uint8))
         if scale is None or zero is None or scale.size != 1 or zero.size != 1:
@@ -151,8 +160,14 @@ def _activation_dq(g: Graph, name: str) -> onnx.NodeProto | None:
 
 def quantized_layers(g: Graph, op_types=("Conv", "Gemm", "MatMul")) -> list[onnx.NodeProto]:
     """Nodes whose activation and weight inputs are both dequantized integers."""
-    return [n for n in g.graph.node if n.op_type in op_types and len(n.input) >= 2
-            and _activation_dq(g, n.input[0]) is not None and _weight_dq(g, n.input[1]) is not None]
+    return [
+        n
+        for n in g.graph.node
+        if n.op_type in op_types
+        and len(n.input) >= 2
+        and _activation_dq(g, n.input[0]) is not None
+        and _weight_dq(g, n.input[1]) is not None
+    ]
 
 
 # ------------------------------------------------------------------------------------------ batch norm
@@ -204,8 +219,11 @@ def _requantize_pairs(g: Graph, convert) -> int:
     for q in [n for n in g.graph.node if n.op_type == "QuantizeLinear"]:
         params = _QParams.of(g, q)
         users = g.consumers(q.output[0])
-        if params is None or not users or any(u.op_type != "DequantizeLinear" or _QParams.of(g, u) != params
-                                              for u in users):
+        if (
+            params is None
+            or not users
+            or any(u.op_type != "DequantizeLinear" or _QParams.of(g, u) != params for u in users)
+        ):
             continue
         new = convert(q, params)
         if new is None:
@@ -228,10 +246,12 @@ def _clamped_range(g: Graph, q: onnx.NodeProto, params: _QParams) -> tuple[int, 
 def signed_to_uint8(g: Graph) -> int:
     """Signed activations in [qmin, qmax] (int8, zero point 0) move into uint8 with zero point -qmin: the same
     values, exactly, as the integers 0 .. 2^b - 1 (so a b-bit activation stays below 2^b in its container)."""
+
     def convert(q, p: _QParams):
         if p.zero_point.dtype != np.int8 or int(p.zero_point) != 0:
             return None
         return p.scale, np.array(-_clamped_range(g, q, p)[0], np.uint8)
+
     return _requantize_pairs(g, convert)
 
 
@@ -245,8 +265,11 @@ def _clamp_chain(g: Graph, name: str) -> tuple[list[onnx.NodeProto], str]:
     """The Relu / constant-bound Clip nodes that follow `name` one after another, each the only consumer of the
     previous tensor, and the tensor at the chain's end."""
     chain = []
-    while (node := g.only_consumer(name)) is not None and node.op_type in _CLAMPS and \
-            all(g.constant(b) is not None for b in node.input[1:] if b):
+    while (
+        (node := g.only_consumer(name)) is not None
+        and node.op_type in _CLAMPS
+        and all(g.constant(b) is not None for b in node.input[1:] if b)
+    ):
         chain.append(node)
         name = node.output[0]
     return chain, name
@@ -274,8 +297,9 @@ def _integer_bounds(g: Graph, chain: list[onnx.NodeProto], params: _QParams) -> 
     return max(lo, info.min), min(hi, info.max)
 
 
-def _quantize_clamped(g: Graph, source: str, chain: list[onnx.NodeProto], params: _QParams,
-                      out: str) -> list[onnx.NodeProto]:
+def _quantize_clamped(
+    g: Graph, source: str, chain: list[onnx.NodeProto], params: _QParams, out: str
+) -> list[onnx.NodeProto]:
     """QuantizeLinear of `source` with `params`, then an integer Clip doing what the float clamps of `chain` did
     before quantization (none where they only repeat the container's saturation), ending in tensor `out`."""
     scale, zero = g.add_constant(np.float32(params.scale), "scale"), g.add_constant(params.zero_point, "zero")
@@ -285,15 +309,21 @@ def _quantize_clamped(g: Graph, source: str, chain: list[onnx.NodeProto], params
         return [helper.make_node("QuantizeLinear", [source, scale, zero], [out])]
     quantized = g.fresh(f"{source}_q")
     bounds = [g.add_constant(np.array(v, params.zero_point.dtype), "int_clip") for v in (lo, hi)]
-    return [helper.make_node("QuantizeLinear", [source, scale, zero], [quantized]),
-            helper.make_node("Clip", [quantized, *bounds], [out])]
+    return [
+        helper.make_node("QuantizeLinear", [source, scale, zero], [quantized]),
+        helper.make_node("Clip", [quantized, *bounds], [out]),
+    ]
 
 
 def _input_clamp(g: Graph, q: onnx.NodeProto) -> onnx.NodeProto | None:
     """The constant-bound Clip whose only consumer is QuantizeLinear `q` (the export's b-bit clamp), if any."""
     clamp = g.producer(q.input[0])
-    if clamp is None or clamp.op_type != "Clip" or g.only_consumer(clamp.output[0]) is not q or \
-            any(g.constant(b) is None for b in clamp.input[1:] if b):
+    if (
+        clamp is None
+        or clamp.op_type != "Clip"
+        or g.only_consumer(clamp.output[0]) is not q
+        or any(g.constant(b) is None for b in clamp.input[1:] if b)
+    ):
         return None
     return clamp
 
@@ -309,8 +339,9 @@ class _OutputPlan:
 def _plan_output(g: Graph, conv: onnx.NodeProto) -> _OutputPlan:
     chain, end = _clamp_chain(g, conv.output[0])
     q = g.only_consumer(end)
-    if q is not None and (q.op_type != "QuantizeLinear" or _QParams.of(g, q) is None
-                          or _QParams.of(g, q).zero_point.dtype != np.uint8):
+    if q is not None and (
+        q.op_type != "QuantizeLinear" or _QParams.of(g, q) is None or _QParams.of(g, q).zero_point.dtype != np.uint8
+    ):
         q = None
     return _OutputPlan(conv, chain, end, q)
 
@@ -359,16 +390,18 @@ def quantize_outputs(g: Graph, batches: Iterable[np.ndarray], method: str) -> tu
     samples = observe(g.model, [p.end for p in new], batches) if new else {}
     for plan in plans:
         if plan.quantizer is not None:
-            nodes = _quantize_clamped(g, plan.conv.output[0], plan.chain, _QParams.of(g, plan.quantizer),
-                                      plan.quantizer.output[0])
+            nodes = _quantize_clamped(
+                g, plan.conv.output[0], plan.chain, _QParams.of(g, plan.quantizer), plan.quantizer.output[0]
+            )
             removed = [*plan.chain, plan.quantizer]
         else:
             params = _calibrated_params(samples[plan.end], method)
             quantized = g.fresh(f"{plan.end}_q")
             plan.conv.output[0] = g.fresh(f"{plan.end}_float")  # plan.end is now the DequantizeLinear's
             nodes = _quantize_clamped(g, plan.conv.output[0], plan.chain, params, quantized)
-            nodes.append(helper.make_node("DequantizeLinear", [quantized, nodes[0].input[1], nodes[0].input[2]],
-                                          [plan.end]))
+            nodes.append(
+                helper.make_node("DequantizeLinear", [quantized, nodes[0].input[1], nodes[0].input[2]], [plan.end])
+            )
             removed = plan.chain
         g.insert_after(plan.conv, nodes)
         for node in removed:
@@ -401,8 +434,12 @@ def fold_weight_transposes(g: Graph) -> int:
     count = 0
     for t in [n for n in g.graph.node if n.op_type == "Transpose"]:
         dq = _weight_dq(g, t.input[0])
-        if dq is None or len(g.consumers(dq.output[0])) != 1 or list(_attr(t, "perm", [1, 0])) != [1, 0] or \
-                g.constant(dq.input[0]).ndim != 2:
+        if (
+            dq is None
+            or len(g.consumers(dq.output[0])) != 1
+            or list(_attr(t, "perm", [1, 0])) != [1, 0]
+            or g.constant(dq.input[0]).ndim != 2
+        ):
             continue
         dq.input[0] = g.add_constant(np.ascontiguousarray(g.constant(dq.input[0]).T), "w_transposed")
         if g.constant(dq.input[1]).size > 1:
@@ -423,8 +460,10 @@ def _static_dims(shapes: dict, name: str) -> list[int] | None:
 
 def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
     inferred = onnx.shape_inference.infer_shapes(model)
-    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-            for v in itertools.chain(inferred.graph.value_info, inferred.graph.input, inferred.graph.output)}
+    return {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in itertools.chain(inferred.graph.value_info, inferred.graph.input, inferred.graph.output)
+    }
 
 
 def matmuls_to_gemm(g: Graph) -> int:
@@ -449,18 +488,27 @@ def matmuls_to_gemm(g: Graph) -> int:
             path.append(g.producer(path[0].input[0]))
         q = path[-1]
         in_dims, out_dims = _static_dims(shapes, matmul.input[0]), _static_dims(shapes, add.output[0])
-        if bias is None or bias.shape != (weight.shape[1],) or q is None or q.op_type != "QuantizeLinear" or \
-                in_dims is None or out_dims is None or any(g.only_consumer(n.output[0]) is None for n in path):
+        if (
+            bias is None
+            or bias.shape != (weight.shape[1],)
+            or q is None
+            or q.op_type != "QuantizeLinear"
+            or in_dims is None
+            or out_dims is None
+            or any(g.only_consumer(n.output[0]) is None for n in path)
+        ):
             continue
         flat = g.fresh(f"{q.input[0]}_rows")
-        before = helper.make_node("Reshape", [q.input[0], g.add_constant(np.array([-1, in_dims[-1]], np.int64),
-                                                                         "rows_shape")], [flat])
+        before = helper.make_node(
+            "Reshape", [q.input[0], g.add_constant(np.array([-1, in_dims[-1]], np.int64), "rows_shape")], [flat]
+        )
         g.graph.node.insert(list(g.graph.node).index(q), before)
         q.input[0] = flat
         product = g.fresh(f"{add.output[0]}_rows")
         gemm = helper.make_node("Gemm", [dq.output[0], wdq.output[0], bias_name], [product])
-        after = helper.make_node("Reshape", [product, g.add_constant(np.array([-1, *out_dims], np.int64), "shape")],
-                                 [add.output[0]])
+        after = helper.make_node(
+            "Reshape", [product, g.add_constant(np.array([-1, *out_dims], np.int64), "shape")], [add.output[0]]
+        )
         g.insert_after(add, [gemm, after])
         g.graph.node.remove(matmul)
         g.graph.node.remove(add)
@@ -515,8 +563,11 @@ def widen_overflowing_weights(g: Graph) -> int:
     for layer in quantized_layers(g):
         wdq = _weight_dq(g, layer.input[1])
         q = g.constant(wdq.input[0])
-        if q.dtype == np.uint8 or 2 * _activation_max(g, _activation_dq(g, layer.input[0])) * int(np.abs(q.astype(np.int16)).max()) <= \
-                U8S8_PAIR_LIMIT:
+        if (
+            q.dtype == np.uint8
+            or 2 * _activation_max(g, _activation_dq(g, layer.input[0])) * int(np.abs(q.astype(np.int16)).max())
+            <= U8S8_PAIR_LIMIT
+        ):
             continue
         zero = g.optional_constant(wdq, 2, np.zeros((), np.int8))
         wdq.input[0] = g.add_constant((q.astype(np.int16) + 128).astype(np.uint8), "w_uint8")
@@ -539,8 +590,11 @@ def quantize_biases(g: Graph) -> int:
         wdq = _weight_dq(g, node.input[1])
         per_channel_axis = _attr(wdq, "axis", 1) if g.constant(wdq.input[1]).size > 1 else None
         output_axis = 0 if node.op_type == "Conv" or _attr(node, "transB", 0) == 1 else 1
-        if node.op_type == "Gemm" and (_attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0 or
-                                       _attr(node, "transA", 0) != 0) or per_channel_axis not in (None, output_axis):
+        if (
+            node.op_type == "Gemm"
+            and (_attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0 or _attr(node, "transA", 0) != 0)
+            or per_channel_axis not in (None, output_axis)
+        ):
             continue
         x_params = _QParams.of(g, _activation_dq(g, node.input[0]))
         w_step = g.constant(wdq.input[1]).astype(np.float64)
@@ -548,9 +602,16 @@ def quantize_biases(g: Graph) -> int:
         step = np.broadcast_to(x_params.scale * w_step, bias.shape).astype(np.float32)
         q = np.round(bias / step.astype(np.float64)).astype(np.int32)
         out = g.fresh(f"{node.input[2]}_dq")
-        dq = helper.make_node("DequantizeLinear", [g.add_constant(q, "bias_int32"), g.add_constant(step, "bias_step"),
-                                                   g.add_constant(np.zeros(q.shape, np.int32), "bias_zero")],
-                              [out], axis=0)
+        dq = helper.make_node(
+            "DequantizeLinear",
+            [
+                g.add_constant(q, "bias_int32"),
+                g.add_constant(step, "bias_step"),
+                g.add_constant(np.zeros(q.shape, np.int32), "bias_zero"),
+            ],
+            [out],
+            axis=0,
+        )
         g.graph.node.insert(list(g.graph.node).index(node), dq)
         node.input[2] = out
         count += 1
@@ -560,7 +621,9 @@ def quantize_biases(g: Graph) -> int:
 # --------------------------------------------------------------------------------------------- the layouts
 
 
-def cpu_layout(model: onnx.ModelProto, batches: Iterable[np.ndarray], method: str = "mse") -> tuple[onnx.ModelProto, dict]:
+def cpu_layout(
+    model: onnx.ModelProto, batches: Iterable[np.ndarray], method: str = "mse"
+) -> tuple[onnx.ModelProto, dict]:
     """The layout onnxruntime fuses into integer kernels (module docstring); `batches` (input images) calibrate
     the new output quantizers. Returns the rewritten copy and what was done."""
     g = Graph(copy.deepcopy(model))
@@ -593,8 +656,14 @@ def _int4_block(g: Graph, node: onnx.NodeProto) -> tuple[onnx.NodeProto, int, in
     q, step = g.constant(wdq.input[0]), g.constant(wdq.input[1])
     zero = g.optional_constant(wdq, 2, np.zeros(()))
     reduction = 1 if node.op_type == "Gemm" and _attr(node, "transB", 0) else 0
-    if q.ndim != 2 or q.min() < -8 or q.max() > 7 or np.any(zero != 0) or q.shape[-1] % 2 or (
-            step.size > 1 and _attr(wdq, "axis", 1) % 2 != 1 - reduction):
+    if (
+        q.ndim != 2
+        or q.min() < -8
+        or q.max() > 7
+        or np.any(zero != 0)
+        or q.shape[-1] % 2
+        or (step.size > 1 and _attr(wdq, "axis", 1) % 2 != 1 - reduction)
+    ):
         return None
     block = next((b for b in INT4_BLOCK_SIZES if q.shape[reduction] % b == 0), None)
     return None if block is None else (wdq, reduction, block)
@@ -641,10 +710,15 @@ def trt_layout(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
             return p.scale, np.array(0, np.int8)
         halved.append(q.name)
         return 2 * p.scale, np.array(0, np.int8)
+
     moved = _requantize_pairs(g, convert)
     transposed = fold_weight_transposes(g)
     g.drop_unused_constants()
     rewritten, int4 = int4_weights(g.model)
     onnx.checker.check_model(rewritten)
-    return rewritten, {"unsigned_to_int8": moved, "unsigned_8bit_halved": len(halved),
-                       "weights_transposed": transposed, "weights_int4": int4}
+    return rewritten, {
+        "unsigned_to_int8": moved,
+        "unsigned_8bit_halved": len(halved),
+        "weights_transposed": transposed,
+        "weights_int4": int4,
+    }

@@ -56,9 +56,20 @@ class Transport:
             return ["sh", "-c", script]
         config = ["-F", self.ssh_config] if self.ssh_config else []
         # BatchMode: fail instead of asking for a password; ServerAlive: notice a device that went away
-        return ["ssh", *config, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
-                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", self.host,
-                "sh -c " + shlex.quote(script)]
+        return [
+            "ssh",
+            *config,
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={self.connect_timeout_s}",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+            self.host,
+            "sh -c " + shlex.quote(script),
+        ]
 
     def run(self, script: str, stdin: bytes = b"", log=print) -> subprocess.CompletedProcess:
         """Run `script` on the device; over ssh, retry while ssh itself fails (exit 255: refused, timed out,
@@ -74,7 +85,8 @@ class Transport:
         raise DeviceUnreachable(
             f"could not reach the TensorRT device over ssh (host {self.host!r}) in {self.attempts} attempt(s): "
             f"{reason}\nCheck that `ssh {self.host} true` works without a password prompt; the host is the ssh "
-            f"alias 'jetson' from ~/.ssh/config unless {HOST_ENV} names another.")
+            f"alias 'jetson' from ~/.ssh/config unless {HOST_ENV} names another."
+        )
 
     def trtexec(self, environ=os.environ) -> str:
         return environ.get(TRTEXEC_ENV) or "trtexec"

@@ -9,8 +9,38 @@ import math
 import pandas as pd
 
 # two-sided 95% quantiles of Student's t, t_{0.975}(df), for df = 1..30
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 _Z975 = 1.959964
 
 
@@ -22,7 +52,7 @@ def t_critical(df: int) -> float:
     if df <= len(_T975):
         return _T975[df - 1]
     z = _Z975
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def mean_ci(values: pd.Series) -> tuple[float, float, int]:
@@ -62,6 +92,6 @@ def welch_ci(a: pd.Series, b: pd.Series) -> tuple[float, float, float, int]:
     se = math.sqrt(va + vb)
     if se == 0:
         return effect, effect, effect, len(a) + len(b)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = t_critical(max(1, math.floor(df + 1e-9))) * se  # floor, but 3.9999999 from rounding is 4
     return effect, effect - half, effect + half, len(a) + len(b)

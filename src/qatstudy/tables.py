@@ -30,9 +30,23 @@ def markdown_table(table: Table) -> str:
 
 
 # LaTeX's special characters, and the non-ASCII ones the tables use, as LaTeX text
-_LATEX = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                        "±": r"$\pm$", "–": "--", "×": r"$\times$"})
+_LATEX = str.maketrans(
+    {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "±": r"$\pm$",
+        "–": "--",
+        "×": r"$\times$",
+    }
+)
 
 
 def latex_escape(text: str) -> str:
@@ -46,9 +60,21 @@ def latex_row(cells: list[str]) -> str:
 
 def latex_table(table: Table, label: str) -> str:
     """A booktabs table float (needs \\usepackage{booktabs}), to \\input into a paper."""
-    return "\n".join([
-        r"\begin{table}[htbp]", r"\centering", r"\small",
-        rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.note)}}}", rf"\label{{tab:{label}}}",
-        rf"\begin{{tabular}}{{{table.align}}}", r"\toprule", latex_row(table.columns), r"\midrule",
-        *[latex_row(r) for r in table.rows],
-        r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+    return "\n".join(
+        [
+            r"\begin{table}[htbp]",
+            r"\centering",
+            r"\small",
+            rf"\caption{{{latex_escape(table.title)}. {latex_escape(table.note)}}}",
+            rf"\label{{tab:{label}}}",
+            rf"\begin{{tabular}}{{{table.align}}}",
+            r"\toprule",
+            latex_row(table.columns),
+            r"\midrule",
+            *[latex_row(r) for r in table.rows],
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\end{table}",
+            "",
+        ]
+    )

@@ -19,7 +19,6 @@ from .io import atomic_path
 from .quant import quantizers
 from .settings import TrainSettings
 
-
 DEVICE_ENV = "QATSTUDY_DEVICE"
 
 
@@ -56,18 +55,32 @@ def param_groups(model: nn.Module, settings: TrainSettings) -> list[dict]:
     for _, quantizer in quantizers(model):
         by_qmax[quantizer.step_levels].extend(quantizer.parameters(recurse=False))
     quantizer_ids = {id(p) for params in by_qmax.values() for p in params}
-    groups = [{**group, "params": [p for p in group["params"] if id(p) not in quantizer_ids]}
-              for group in timm.optim.param_groups_weight_decay(model, settings.weight_decay, no_weight_decay_list=no_decay)]
-    return groups + [{"params": params, "weight_decay": 0.0, "lr": settings.lr * settings.quantizer_lr_scale / qmax}
-                     for qmax, params in sorted(by_qmax.items())]
+    groups = [
+        {**group, "params": [p for p in group["params"] if id(p) not in quantizer_ids]}
+        for group in timm.optim.param_groups_weight_decay(model, settings.weight_decay, no_weight_decay_list=no_decay)
+    ]
+    return groups + [
+        {"params": params, "weight_decay": 0.0, "lr": settings.lr * settings.quantizer_lr_scale / qmax}
+        for qmax, params in sorted(by_qmax.items())
+    ]
 
 
 def _rng_state(generator: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "generator": generator.get_state()}
 
 
-def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int, resume_path: str | Path,
-        desc: str = "train", inputs: dict | None = None, objective=None, log=print) -> dict:
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    resume_path: str | Path,
+    desc: str = "train",
+    inputs: dict | None = None,
+    objective=None,
+    log=print,
+) -> dict:
     """Train `model` in place and leave it at its best-validation epoch.
 
     After every epoch the full training state is saved to `resume_path`; a rerun with the same
@@ -79,13 +92,26 @@ def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int,
     fingerprint = settings.fingerprint(seed=seed, desc=desc, inputs=inputs or {})
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=settings.lr, weight_decay=settings.weight_decay,
-                                               param_group_fn=lambda m: param_groups(m, settings))
-    n_train = len(splits.y["train"]) if settings.images_per_epoch is None else min(settings.images_per_epoch, len(splits.y["train"]))
+    optimizer = timm.optim.create_optimizer_v2(
+        model,
+        "adamw",
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        param_group_fn=lambda m: param_groups(m, settings),
+    )
+    n_train = (
+        len(splits.y["train"])
+        if settings.images_per_epoch is None
+        else min(settings.images_per_epoch, len(splits.y["train"]))
+    )
     steps_per_epoch = -(-n_train // settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=settings.epochs * steps_per_epoch,
-        pct_start=settings.warmup_fraction, anneal_strategy="cos")
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=settings.epochs * steps_per_epoch,
+        pct_start=settings.warmup_fraction,
+        anneal_strategy="cos",
+    )
     state = {"epoch": 0, "history": [], "best_val": -1.0, "best_state": None, "train_time_s": 0.0}
     if resume_path.exists():
         saved = torch.load(resume_path, weights_only=False)
@@ -105,10 +131,16 @@ def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int,
         model.train()
         start = time.perf_counter()
         total_loss, seen = 0.0, 0
-        batches = iterate_batches(splits.x["train"], splits.y["train"], settings.batch_size, shuffle=True,
-                                  generator=generator, limit=n_train)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{settings.epochs}",
-                   mininterval=5.0, leave=True)
+        batches = iterate_batches(
+            splits.x["train"], splits.y["train"], settings.batch_size, shuffle=True, generator=generator, limit=n_train
+        )
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"{desc} epoch {epoch + 1}/{settings.epochs}",
+            mininterval=5.0,
+            leave=True,
+        )
         crops = objective.crops if objective is not None else 1
         for step, (xb, yb) in enumerate(bar):
             xb = torch.cat([augment(xb, settings.crop_padding, settings.hflip, generator) for _ in range(crops)])
@@ -131,22 +163,43 @@ def fit(model: nn.Module, splits: Splits, settings: TrainSettings, *, seed: int,
         if objective is not None:
             objective.end_epoch()
         val_top1 = evaluate(model, splits.x["val"], splits.y["val"])
-        state["history"].append({"epoch": epoch + 1, "train_loss": total_loss / seen, "val_top1": val_top1,
-                                 "epoch_time_s": epoch_time, "images_per_s": seen / epoch_time,
-                                 **(objective.epoch_summary() if objective is not None else {})})
+        state["history"].append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": total_loss / seen,
+                "val_top1": val_top1,
+                "epoch_time_s": epoch_time,
+                "images_per_s": seen / epoch_time,
+                **(objective.epoch_summary() if objective is not None else {}),
+            }
+        )
         state["train_time_s"] += epoch_time
         if val_top1 > state["best_val"]:
             state["best_val"] = val_top1
             state["best_state"] = copy.deepcopy(model.state_dict())
         state["epoch"] = epoch + 1
-        oscillation = (f", {100 * state['history'][-1]['oscillating_share']:.2f}% of weights oscillating"
-                       if objective is not None else "")
-        log(f"{desc} epoch {epoch + 1}: loss {total_loss / seen:.4f}, val top-1 {val_top1:.2f}%, "
-            f"{seen / epoch_time:.0f} img/s{oscillation}")
+        oscillation = (
+            f", {100 * state['history'][-1]['oscillating_share']:.2f}% of weights oscillating"
+            if objective is not None
+            else ""
+        )
+        log(
+            f"{desc} epoch {epoch + 1}: loss {total_loss / seen:.4f}, val top-1 {val_top1:.2f}%, "
+            f"{seen / epoch_time:.0f} img/s{oscillation}"
+        )
         with atomic_path(resume_path) as tmp:
-            torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "rng": _rng_state(generator), "state": state,
-                        "objective": objective.state_dict() if objective is not None else None}, tmp)
+            torch.save(
+                {
+                    "fingerprint": fingerprint,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(generator),
+                    "state": state,
+                    "objective": objective.state_dict() if objective is not None else None,
+                },
+                tmp,
+            )
     if objective is not None:
         objective.release()
     if state["best_state"] is not None:

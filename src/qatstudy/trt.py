@@ -19,8 +19,16 @@ import numpy as np
 # The config's trt settings that shape every engine, and those that shape its benchmark (rule params). An engine's
 # float precision (fp16 or fp32) is a path wildcard of its own (rules/trt.smk).
 BUILD_SETTINGS = ("strongly_typed", "workspace_mib")
-BENCH_SETTINGS = ("warmup_ms", "duration_s", "iterations", "cuda_graph", "data_transfers", "spin_wait",
-                  "power_interval_ms", "power_rails")
+BENCH_SETTINGS = (
+    "warmup_ms",
+    "duration_s",
+    "iterations",
+    "cuda_graph",
+    "data_transfers",
+    "spin_wait",
+    "power_interval_ms",
+    "power_rails",
+)
 
 # File names in a job's scratch folder on the device.
 ONNX_FILE = "model.onnx"
@@ -63,22 +71,37 @@ def precision_label(settings: dict, quantized: bool) -> str:
 def build_args(settings: dict, *, quantized: bool, batch: int, image_shape) -> list[str]:
     """trtexec arguments that build one engine for one batch size (a static optimization profile)."""
     shape = shape_spec(batch, image_shape)
-    return [f"--onnx={ONNX_FILE}", f"--saveEngine={ENGINE_FILE}", f"--minShapes={shape}", f"--optShapes={shape}",
-            f"--maxShapes={shape}", f"--memPoolSize=workspace:{settings['workspace_mib']}M",
-            *precision_flags(settings, quantized), "--skipInference", "--profilingVerbosity=detailed",
-            f"--exportLayerInfo={LAYERS_FILE}"]
+    return [
+        f"--onnx={ONNX_FILE}",
+        f"--saveEngine={ENGINE_FILE}",
+        f"--minShapes={shape}",
+        f"--optShapes={shape}",
+        f"--maxShapes={shape}",
+        f"--memPoolSize=workspace:{settings['workspace_mib']}M",
+        *precision_flags(settings, quantized),
+        "--skipInference",
+        "--profilingVerbosity=detailed",
+        f"--exportLayerInfo={LAYERS_FILE}",
+    ]
 
 
 def bench_args(settings: dict, *, batch: int, image_shape) -> list[str]:
     """trtexec arguments that time an engine, then profile its layers in a separate run (the per-layer profiler
     adds synchronisations, so it stays out of the timed run)."""
-    return [f"--loadEngine={ENGINE_FILE}", f"--shapes={shape_spec(batch, image_shape)}",
-            f"--warmUp={settings['warmup_ms']}", f"--duration={settings['duration_s']}",
-            f"--iterations={settings['iterations']}", "--percentile=" + ",".join(map(str, PERCENTILES)),
-            f"--exportTimes={TIMES_FILE}", "--separateProfileRun", f"--exportProfile={PROFILE_FILE}",
-            *(["--useCudaGraph"] if settings["cuda_graph"] else []),
-            *([] if settings["data_transfers"] else ["--noDataTransfers"]),
-            *(["--useSpinWait"] if settings["spin_wait"] else [])]
+    return [
+        f"--loadEngine={ENGINE_FILE}",
+        f"--shapes={shape_spec(batch, image_shape)}",
+        f"--warmUp={settings['warmup_ms']}",
+        f"--duration={settings['duration_s']}",
+        f"--iterations={settings['iterations']}",
+        "--percentile=" + ",".join(map(str, PERCENTILES)),
+        f"--exportTimes={TIMES_FILE}",
+        "--separateProfileRun",
+        f"--exportProfile={PROFILE_FILE}",
+        *(["--useCudaGraph"] if settings["cuda_graph"] else []),
+        *([] if settings["data_transfers"] else ["--noDataTransfers"]),
+        *(["--useSpinWait"] if settings["spin_wait"] else []),
+    ]
 
 
 def _quote(args) -> str:
@@ -106,7 +129,10 @@ def trtexec_script(args, inputs: list[str], *, trtexec: str = "trtexec", power_i
     runs trtexec there (sampling power with tegrastats, or nvidia-smi, every `power_interval_ms` if given), and
     writes a tar stream of every file it produced to stdout. Its exit status is trtexec's; the scratch folder is
     removed whatever happens."""
-    sampler = "" if power_interval_ms is None else f"""\
+    sampler = (
+        ""
+        if power_interval_ms is None
+        else f"""\
 sampler=
 if command -v tegrastats >/dev/null 2>&1; then
   echo tegrastats > {POWER_SOURCE}
@@ -117,8 +143,12 @@ elif command -v nvidia-smi >/dev/null 2>&1; then
     > {POWER_LOG} 2>/dev/null & sampler=$!
 fi
 """
-    stop = "" if power_interval_ms is None else \
-        'if [ -n "$sampler" ]; then kill "$sampler" 2>/dev/null; wait "$sampler"; fi\n'
+    )
+    stop = (
+        ""
+        if power_interval_ms is None
+        else 'if [ -n "$sampler" ]; then kill "$sampler" 2>/dev/null; wait "$sampler"; fi\n'
+    )
     return f"""\
 PATH="$PATH:{TRTEXEC_DIR}"
 work=$(mktemp -d "${{TMPDIR:-/tmp}}/qatstudy-trt.XXXXXX") || exit 3
@@ -148,8 +178,13 @@ def version_from_number(number: int) -> str:
 _BANNER = re.compile(r"&&&& (RUNNING|PASSED|FAILED) TensorRT\.trtexec \[TensorRT v(\d+)\]")
 _LOG_LINE = re.compile(r"^(?:\[(?P<time>\d\d/\d\d/\d{4}-\d\d:\d\d:\d\d)\] )?\[(?P<severity>[VIWEF])\] (?P<message>.*)$")
 _STAT = re.compile(r"(min|max|mean|median|percentile\(([\d.]+)%\)) = (\S+) ms")
-_SUMMARY_STATS = {"Latency": "latency_ms", "Enqueue Time": "enqueue_ms", "H2D Latency": "h2d_ms",
-                  "GPU Compute Time": "gpu_compute_ms", "D2H Latency": "d2h_ms"}
+_SUMMARY_STATS = {
+    "Latency": "latency_ms",
+    "Enqueue Time": "enqueue_ms",
+    "H2D Latency": "h2d_ms",
+    "GPU Compute Time": "gpu_compute_ms",
+    "D2H Latency": "d2h_ms",
+}
 _NUMBER = r"([-+\d.eE]+|nan|inf)"
 _SCALARS = {  # message pattern -> report key
     re.compile(rf"^Throughput: {_NUMBER} qps"): "throughput_qps",
@@ -253,8 +288,9 @@ def parse_tegrastats(text: str) -> list[PowerSample]:
         if not rails:
             continue
         stamp = _TEGRA_TIME.match(line)
-        samples.append(PowerSample(datetime.strptime(stamp.group(1), "%m-%d-%Y %H:%M:%S") if stamp else None, rails,
-                                   stamp_s=1.0))
+        samples.append(
+            PowerSample(datetime.strptime(stamp.group(1), "%m-%d-%Y %H:%M:%S") if stamp else None, rails, stamp_s=1.0)
+        )
     return samples
 
 
@@ -265,8 +301,11 @@ def parse_nvidia_smi_power(text: str) -> list[PowerSample]:
     for line in text.splitlines():
         stamp, _, watts = line.partition(",")
         try:
-            samples.append(PowerSample(datetime.strptime(stamp.strip(), "%Y/%m/%d %H:%M:%S.%f"),
-                                       {NVIDIA_SMI_RAIL: float(watts) * 1000.0}))
+            samples.append(
+                PowerSample(
+                    datetime.strptime(stamp.strip(), "%Y/%m/%d %H:%M:%S.%f"), {NVIDIA_SMI_RAIL: float(watts) * 1000.0}
+                )
+            )
         except ValueError:
             continue
     return samples
@@ -287,8 +326,9 @@ def timed_window(report: dict, warmup_ms: float) -> tuple[datetime, datetime] | 
     return (report["inference_started"] + timedelta(seconds=1, milliseconds=warmup_ms), report["timed_run_ended"])
 
 
-def power_summary(samples: list[PowerSample], window: tuple[datetime, datetime] | None,
-                  rails: list[str] | None = None) -> dict | None:
+def power_summary(
+    samples: list[PowerSample], window: tuple[datetime, datetime] | None, rails: list[str] | None = None
+) -> dict | None:
     """Mean power over the samples taken inside `window` (all of them where none is: a run shorter than the
     samples' resolution). The power of an inference is the sum of `rails`; by default VDD_IN, the module's input,
     where the module reports it (Orin NX, Orin Nano), else the sum of every rail reported (AGX Orin:
@@ -296,19 +336,26 @@ def power_summary(samples: list[PowerSample], window: tuple[datetime, datetime] 
     if not samples:
         return None
     start, end = window if window else (None, None)
-    inside = [s for s in samples
-              if start and s.time and start <= s.time and s.time + timedelta(seconds=s.stamp_s) <= end]
+    inside = [
+        s for s in samples if start and s.time and start <= s.time and s.time + timedelta(seconds=s.stamp_s) <= end
+    ]
     used = inside or samples
     names = sorted({name for s in used for name in s.rails_mw})
     means = {name: float(np.mean([s.rails_mw[name] for s in used if name in s.rails_mw])) for name in names}
     summed = list(rails) if rails else (["VDD_IN"] if "VDD_IN" in means else names)
     missing = [name for name in summed if name not in means]
     if missing:
-        raise ValueError(f"trt.power_rails names {', '.join(missing)}, which the device does not report "
-                         f"(it reports {', '.join(names)})")
-    return {"power_w": sum(means[name] for name in summed) / 1000.0, "power_rails": summed,
-            "rail_mean_mw": means, "power_samples": len(used),
-            "power_window": "timed run" if inside else "whole trtexec run"}
+        raise ValueError(
+            f"trt.power_rails names {', '.join(missing)}, which the device does not report "
+            f"(it reports {', '.join(names)})"
+        )
+    return {
+        "power_w": sum(means[name] for name in summed) / 1000.0,
+        "power_rails": summed,
+        "rail_mean_mw": means,
+        "power_samples": len(used),
+        "power_window": "timed run" if inside else "whole trtexec run",
+    }
 
 
 # ------------------------------------------------------------------------------------------ the device
@@ -332,8 +379,9 @@ def parse_jetson_clocks(text: str) -> dict | None:
     """`jetson_clocks --show`: the GPU's and memory controller's (EMC) min/max/current frequencies in Hz, and
     whether the GPU runs at its maximum (clocks locked by `sudo jetson_clocks`)."""
     clocks = {}
-    for unit, low, high, current in re.findall(r"^(GPU|EMC) MinFreq=(\d+) MaxFreq=(\d+) CurrentFreq=(\d+)",
-                                               text, re.MULTILINE):
+    for unit, low, high, current in re.findall(
+        r"^(GPU|EMC) MinFreq=(\d+) MaxFreq=(\d+) CurrentFreq=(\d+)", text, re.MULTILINE
+    ):
         clocks[unit.lower()] = {"min_hz": int(low), "max_hz": int(high), "current_hz": int(current)}
     if not clocks:
         return None
@@ -348,7 +396,7 @@ def parse_probe(text: str) -> dict:
     name = None
     for line in text.splitlines():
         if line.startswith(PROBE_MARK):
-            name = line[len(PROBE_MARK):].strip()
+            name = line[len(PROBE_MARK) :].strip()
             sections[name] = ""
         elif name:
             sections[name] += line + "\n"
@@ -356,13 +404,17 @@ def parse_probe(text: str) -> dict:
     trtexec_lines = sections.get("trtexec", "").strip().splitlines()
     banner = _BANNER.search(sections.get("trtexec", ""))
     system = sections.get("system", "").strip().splitlines()
-    return {"l4t": parse_l4t_release(release), "nv_tegra_release": release.splitlines()[0] if release else None,
-            "power_mode": parse_nvpmodel(sections.get("nvpmodel", "")),
-            "clocks": parse_jetson_clocks(sections.get("jetson_clocks", "")),
-            "trtexec": trtexec_lines[0] if trtexec_lines and not trtexec_lines[0].startswith("&&&&") else None,
-            "trt_version": version_from_number(int(banner.group(2))) if banner else None,
-            "gpu": sections.get("gpu", "").strip() or None,
-            "system": system[0] if system else None, "hostname": system[1] if len(system) > 1 else None}
+    return {
+        "l4t": parse_l4t_release(release),
+        "nv_tegra_release": release.splitlines()[0] if release else None,
+        "power_mode": parse_nvpmodel(sections.get("nvpmodel", "")),
+        "clocks": parse_jetson_clocks(sections.get("jetson_clocks", "")),
+        "trtexec": trtexec_lines[0] if trtexec_lines and not trtexec_lines[0].startswith("&&&&") else None,
+        "trt_version": version_from_number(int(banner.group(2))) if banner else None,
+        "gpu": sections.get("gpu", "").strip() or None,
+        "system": system[0] if system else None,
+        "hostname": system[1] if len(system) > 1 else None,
+    }
 
 
 def check_trt_version(actual: str | None, expected: str | None, where: str) -> None:
@@ -370,12 +422,16 @@ def check_trt_version(actual: str | None, expected: str | None, where: str) -> N
     if expected is None:
         return
     if actual is None:
-        raise RuntimeError(f"could not read the TensorRT version of trtexec on {where} (is trtexec installed? "
-                           f"JetPack puts it in {TRTEXEC_DIR}; QATSTUDY_TRTEXEC names another)")
+        raise RuntimeError(
+            f"could not read the TensorRT version of trtexec on {where} (is trtexec installed? "
+            f"JetPack puts it in {TRTEXEC_DIR}; QATSTUDY_TRTEXEC names another)"
+        )
     wanted = str(expected).split(".")
-    if actual.split(".")[:len(wanted)] != wanted:
-        raise RuntimeError(f"{where} has TensorRT {actual}, but trt.expected_version is {expected}: install the "
-                           "expected JetPack, or change trt.expected_version once the results are known comparable")
+    if actual.split(".")[: len(wanted)] != wanted:
+        raise RuntimeError(
+            f"{where} has TensorRT {actual}, but trt.expected_version is {expected}: install the "
+            "expected JetPack, or change trt.expected_version once the results are known comparable"
+        )
 
 
 def layer_precisions(layer_info: str) -> dict[str, int]:
@@ -388,10 +444,21 @@ def layer_precisions(layer_info: str) -> dict[str, int]:
             continue
         inputs = layer.get("Inputs") or [{}]
         fmt = str(inputs[0].get("Format/Datatype", "")).lower()
-        precision = next((name for name, words in (("int8", ("int8",)), ("fp8", ("fp8",)), ("bf16", ("bf16",)),
-                                                   ("fp16", ("fp16", "half")), ("fp32", ("fp32", "float")),
-                                                   ("int32", ("int32",)))
-                          if any(w in fmt for w in words)), "other")
+        precision = next(
+            (
+                name
+                for name, words in (
+                    ("int8", ("int8",)),
+                    ("fp8", ("fp8",)),
+                    ("bf16", ("bf16",)),
+                    ("fp16", ("fp16", "half")),
+                    ("fp32", ("fp32", "float")),
+                    ("int32", ("int32",)),
+                )
+                if any(w in fmt for w in words)
+            ),
+            "other",
+        )
         counts[precision] = counts.get(precision, 0) + 1
     return counts
 
@@ -399,8 +466,16 @@ def layer_precisions(layer_info: str) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------- results
 
 
-def bench_row(report: dict, times: list[dict], power: dict | None, *, batch: int, engine_bytes: int,
-              onnx_bytes: int, precision: str) -> dict:
+def bench_row(
+    report: dict,
+    times: list[dict],
+    power: dict | None,
+    *,
+    batch: int,
+    engine_bytes: int,
+    onnx_bytes: int,
+    precision: str,
+) -> dict:
     """One bench.csv row (the columns bench_cpu writes, backend 'tensorrt') plus TensorRT's own measures.
 
     Latency is per query of `batch` images, from --exportTimes (trtexec's latency: host-to-device copy, GPU
@@ -412,15 +487,30 @@ def bench_row(report: dict, times: list[dict], power: dict | None, *, batch: int
     compute = np.asarray([t["computeMs"] for t in times], dtype=float)
     throughput_ips = report["throughput_qps"] * batch
     context_bytes = int(round(report.get("context_device_mib", 0.0) * 2**20))
-    row = {"backend": "tensorrt", "batch": batch, "threads": None, "iterations": len(times),
-           "latency_ms_p50": float(np.percentile(latency, 50)), "latency_ms_p99": float(np.percentile(latency, 99)),
-           "latency_ms_mean": float(latency.mean()), "throughput_ips": throughput_ips,
-           "model_bytes": engine_bytes, "onnx_bytes": onnx_bytes, "peak_mem_bytes": engine_bytes + context_bytes,
-           "gpu_compute_ms_p50": float(np.percentile(compute, 50)),
-           "gpu_compute_ms_p99": float(np.percentile(compute, 99)), "precision": precision,
-           "context_device_bytes": context_bytes, "trtexec_summary": {k: report[k] for k in (
-               "throughput_qps", "latency_ms", "gpu_compute_ms", "enqueue_ms", "host_walltime_s") if k in report},
-           "power_w": None, "energy_mj_per_image": None}
+    row = {
+        "backend": "tensorrt",
+        "batch": batch,
+        "threads": None,
+        "iterations": len(times),
+        "latency_ms_p50": float(np.percentile(latency, 50)),
+        "latency_ms_p99": float(np.percentile(latency, 99)),
+        "latency_ms_mean": float(latency.mean()),
+        "throughput_ips": throughput_ips,
+        "model_bytes": engine_bytes,
+        "onnx_bytes": onnx_bytes,
+        "peak_mem_bytes": engine_bytes + context_bytes,
+        "gpu_compute_ms_p50": float(np.percentile(compute, 50)),
+        "gpu_compute_ms_p99": float(np.percentile(compute, 99)),
+        "precision": precision,
+        "context_device_bytes": context_bytes,
+        "trtexec_summary": {
+            k: report[k]
+            for k in ("throughput_qps", "latency_ms", "gpu_compute_ms", "enqueue_ms", "host_walltime_s")
+            if k in report
+        },
+        "power_w": None,
+        "energy_mj_per_image": None,
+    }
     if power:
         row.update(power)
         row["energy_mj_per_image"] = power["power_w"] / throughput_ips * 1000.0

@@ -15,8 +15,11 @@ from .provenance import provenance
 def job_provenance(snakemake) -> dict:
     """The provenance record of a job's result: its rule's `config_digest` param and its seed wildcards (the FP32
     model's `seed`, and the `qseed` of a PTQ or QAT run)."""
-    seeds = {name: int(snakemake.wildcards[key]) for name, key in (("seed", "seed"), ("qat_seed", "qseed"))
-             if snakemake.wildcards.get(key) is not None}
+    seeds = {
+        name: int(snakemake.wildcards[key])
+        for name, key in (("seed", "seed"), ("qat_seed", "qseed"))
+        if snakemake.wildcards.get(key) is not None
+    }
     return provenance(snakemake.params.config_digest, **seeds)
 
 
@@ -39,6 +42,7 @@ def run(snakemake, main, *, uses_torch: bool = True) -> None:
     log_path = snakemake.log[0] if snakemake.log else None
     stream = open(log_path, "w", buffering=1) if log_path else sys.stderr
     with stream, contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+
         def log(message: str) -> None:
             print(message, flush=True)
 

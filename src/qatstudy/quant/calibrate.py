@@ -55,6 +55,7 @@ def init_asymmetric_range(x: torch.Tensor, bits: int, method: str) -> tuple[torc
         lo, hi = x.amin(dim=1), x.amax(dim=1)
     if method != "mse":
         return ((hi - lo) / qmax).clamp_min(1e-8), lo
+
     # mse: clip each end in turn (coordinate descent), keeping the best (low, high) per row. Each end moves on its
     # own: a post-ReLU input needs its floor at exactly 0 while its long tail is clipped, which a range shrunk
     # symmetrically towards the mean cannot give (it lifted the floor and cost MobileNetV2 W8A4 45 PTQ points)
@@ -79,8 +80,9 @@ def init_asymmetric_range(x: torch.Tensor, bits: int, method: str) -> tuple[torc
     return ((best_hi - best_lo) / qmax).clamp_min(1e-8), best_lo
 
 
-def init_zero_point_range(x: torch.Tensor, bits: int, method: str, minimum: float | None = None
-                          ) -> tuple[torch.Tensor, int]:
+def init_zero_point_range(
+    x: torch.Tensor, bits: int, method: str, minimum: float | None = None
+) -> tuple[torch.Tensor, int]:
     """Initial (step, integer zero point) for one row of activation values `x` ([1, values]), a sample of an input
     whose smallest value is `minimum` (default: the sample's).
 
@@ -104,6 +106,7 @@ def init_zero_point_range(x: torch.Tensor, bits: int, method: str, minimum: floa
     def error(candidate):
         step, zero_point = candidate
         return float(((_fake_quant(x, step, *integer_range_of(bits, zero_point)) - x) ** 2).mean())
+
     return min(candidates, key=error)
 
 

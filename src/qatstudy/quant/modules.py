@@ -57,11 +57,11 @@ class QuantScheme:
         return bit_tag(self.w_bits, self.a_bits)
 
     @classmethod
-    def from_tag(cls, tag: str, **options) -> "QuantScheme":
+    def from_tag(cls, tag: str, **options) -> QuantScheme:
         """`w4a8` -> QuantScheme(4, 8); `options` set the other fields."""
         return cls(*parse_bit_tag(tag), **options)
 
-    def for_layer(self, is_first_or_last: bool, is_depthwise: bool = False) -> "QuantScheme":
+    def for_layer(self, is_first_or_last: bool, is_depthwise: bool = False) -> QuantScheme:
         if is_first_or_last and self.first_last_bits is not None:
             return replace(self, w_bits=self.first_last_bits, a_bits=self.first_last_bits)
         if is_depthwise and self.depthwise_input_bits is not None:

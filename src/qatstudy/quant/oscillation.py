@@ -49,17 +49,27 @@ class OscillationTracker:
     integer add.
     """
 
-    def __init__(self, model: nn.Module, *, momentum: float = 0.99, threshold: float = 0.01,
-                 freeze_threshold: float | None = None, freeze_threshold_final: float | None = None,
-                 freeze_max_bits: int = 4):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        momentum: float = 0.99,
+        threshold: float = 0.01,
+        freeze_threshold: float | None = None,
+        freeze_threshold_final: float | None = None,
+        freeze_max_bits: int = 4,
+    ):
         if not 0 < momentum < 1:
             raise ValueError(f"oscillation momentum must be in (0, 1), got {momentum}")
         self.layers = dict(quant_modules(model))
         self.momentum, self.threshold = momentum, threshold
         self.freeze_threshold = freeze_threshold
         self.freeze_threshold_final = freeze_threshold if freeze_threshold_final is None else freeze_threshold_final
-        self.freezing = {name for name, layer in self.layers.items()
-                         if freeze_threshold is not None and layer.weight_quantizer.bits <= freeze_max_bits}
+        self.freezing = {
+            name
+            for name, layer in self.layers.items()
+            if freeze_threshold is not None and layer.weight_quantizer.bits <= freeze_max_bits
+        }
         self.state = {name: self._initial_state(name, layer) for name, layer in self.layers.items()}
 
     @staticmethod
@@ -72,12 +82,21 @@ class OscillationTracker:
     def _initial_state(self, name: str, layer) -> dict[str, torch.Tensor]:
         w_int = self.integer_weights(layer)
         zeros = torch.zeros_like(w_int, dtype=torch.float32)
-        state = {"previous": w_int, "previous_weight": layer.weight.detach().clone(),
-                 "integer_direction": torch.zeros_like(w_int, dtype=torch.int8), "integer_frequency": zeros.clone(),
-                 "weight_direction": torch.zeros_like(w_int, dtype=torch.int8), "weight_frequency": zeros.clone()}
+        state = {
+            "previous": w_int,
+            "previous_weight": layer.weight.detach().clone(),
+            "integer_direction": torch.zeros_like(w_int, dtype=torch.int8),
+            "integer_frequency": zeros.clone(),
+            "weight_direction": torch.zeros_like(w_int, dtype=torch.int8),
+            "weight_frequency": zeros.clone(),
+        }
         if name in self.freezing:
-            state |= {"average": zeros.clone(), "averaging": torch.tensor(False),
-                      "frozen": torch.zeros_like(w_int, dtype=torch.bool), "target": zeros.clone()}
+            state |= {
+                "average": zeros.clone(),
+                "averaging": torch.tensor(False),
+                "frozen": torch.zeros_like(w_int, dtype=torch.bool),
+                "target": zeros.clone(),
+            }
         return state
 
     def _flip(self, s: dict, measure: str, change: torch.Tensor) -> None:
@@ -89,8 +108,9 @@ class OscillationTracker:
     @torch.no_grad()
     def update(self, progress: float = 0.0) -> None:
         """Call after every optimizer step; `progress` is the share of training done (the freezing schedule)."""
-        threshold = (freeze_threshold_at(progress, self.freeze_threshold, self.freeze_threshold_final)
-                     if self.freezing else None)
+        threshold = (
+            freeze_threshold_at(progress, self.freeze_threshold, self.freeze_threshold_final) if self.freezing else None
+        )
         for name, layer in self.layers.items():
             s = self.state[name]
             w_int = self.integer_weights(layer)
@@ -138,17 +158,22 @@ class OscillationTracker:
     def summary(self) -> dict[str, dict[str, float]]:
         """Per layer: the share of weights oscillating (weight measure), of integer flips (Nagel et al.'s measure,
         step-size jitter included) and of weights frozen."""
-        return {name: {"oscillating": float((s["weight_frequency"] > self.threshold).float().mean()),
-                       "integer_flips": float((s["integer_frequency"] > self.threshold).float().mean()),
-                       "frozen": float(s["frozen"].float().mean()) if "frozen" in s else 0.0}
-                for name, s in self.state.items()}
+        return {
+            name: {
+                "oscillating": float((s["weight_frequency"] > self.threshold).float().mean()),
+                "integer_flips": float((s["integer_frequency"] > self.threshold).float().mean()),
+                "frozen": float(s["frozen"].float().mean()) if "frozen" in s else 0.0,
+            }
+            for name, s in self.state.items()
+        }
 
     def state_dict(self) -> dict:
         return {name: {k: v.clone() for k, v in s.items()} for name, s in self.state.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.state = {name: {k: state[name][k].to(v.dtype).clone() for k, v in self.state[name].items()}
-                      for name in self.state}
+        self.state = {
+            name: {k: state[name][k].to(v.dtype).clone() for k, v in self.state[name].items()} for name in self.state
+        }
         for name in self.freezing:
             s = self.state[name]
             if s["frozen"].any():

@@ -87,8 +87,16 @@ class LSQQuantizer(nn.Module):
     unsigned range [0, 2^b - 1] shifted by the learned offset.
     """
 
-    def __init__(self, bits: int, *, signed: bool = True, channel_axis: int | None = None, num_channels: int = 1,
-                 asymmetric: bool = False, sign_from_data: bool = True):
+    def __init__(
+        self,
+        bits: int,
+        *,
+        signed: bool = True,
+        channel_axis: int | None = None,
+        num_channels: int = 1,
+        asymmetric: bool = False,
+        sign_from_data: bool = True,
+    ):
         super().__init__()
         if not 2 <= bits <= 8:
             raise ValueError(f"bit-width must be between 2 and 8, got {bits}")
@@ -143,7 +151,7 @@ class LSQQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         kind = f"per-channel(axis={self.channel_axis})" if self.channel_axis is not None else "per-tensor"
-        return (f"bits={self.bits}, zero_point={int(self.zero_point)}, asymmetric={self.asymmetric}, {kind}")
+        return f"bits={self.bits}, zero_point={int(self.zero_point)}, asymmetric={self.asymmetric}, {kind}"
 
     def _broadcast(self, step: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.channel_axis is None:
@@ -197,8 +205,16 @@ class LSQQuantizer(nn.Module):
         gradient), d x_hat / d step per element, and a zero-valued scalar whose gradient reaches the
         step with LSQ's scale. None where the plain forward pass applies (calibration, export, an
         offset or per-channel step to learn, or no gradient wanted)."""
-        if (x.requires_grad or not torch.is_grad_enabled() or not self.step.requires_grad or self.observer is not None
-                or self.export_mode or self.offset is not None or self.channel_axis is not None or not bool(self.initialized)):
+        if (
+            x.requires_grad
+            or not torch.is_grad_enabled()
+            or not self.step.requires_grad
+            or self.observer is not None
+            or self.export_mode
+            or self.offset is not None
+            or self.channel_axis is not None
+            or not bool(self.initialized)
+        ):
             return None
         step = self._magnitude(self.step).reshape(())
         with torch.no_grad():
