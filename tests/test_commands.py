@@ -56,7 +56,7 @@ def test_trt_profile_by_name_adds_the_tensorrt_jobs(profile, tmp_path):
     # tiny.yaml has no trt.transport: only the profile's config makes `bench` build and benchmark engines
     output = snakemake_by_profile_name(profile, tmp_path, "bench")
     jobs = set(re.findall(r"^rule (\w+):", output, re.MULTILINE))
-    assert {"trt_build", "trt_bench", "bench_cpu", "aggregate"} <= jobs, jobs
+    assert {"trt_build", "trt_bench", "bench_cpu", "bench_table"} <= jobs, jobs
 
 
 def test_slurm_profile_by_name_sets_the_rules_resources(tmp_path):
