@@ -166,3 +166,9 @@ def test_int8_table_flags_missed_targets():
     assert "| 0.70x | 0.72x | <= 0.67x | MISSED | 91.00 | 90.70 | -0.30 | MISSED | 21 QLinearConv |" in line
     met = bench_ort_int8.format_table([{**row, "ratio": 0.6, "met": True, "onnx_top1": None}]).splitlines()[2]
     assert "| 0.60x | 0.72x | <= 0.67x | met |  |  |  |  | 21 QLinearConv |" in met
+
+
+def test_ort_int8_compares_the_run_folders_the_workflow_writes():
+    config = {"bits": [8, 4], "seeds": {"qat": [1, 2], "qat_by_bits": {8: [0]}}}
+    assert bench_ort_int8.variants(config, ["w8a8", "w4a4"]) == ["fp32", "qat_w8a8_q0", "qat_w4a4_q1"]
+    assert bench_ort_int8.variants(config, ["w4a4"], qat_seed=2) == ["fp32", "qat_w4a4_q2"]

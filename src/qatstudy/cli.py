@@ -57,6 +57,7 @@ def _bench_ort_int8(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", help="model names from the config (default: all)")
     parser.add_argument("--bits", nargs="+", help="QAT tags such as w8a8 (default: the config's bits)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of the runs (default: 0)")
+    parser.add_argument("--qat-seed", type=int, help="QAT seed of the runs (default: each tag's first in the config)")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: the config's bench.batch_sizes)")
     parser.add_argument("--rounds", type=int, default=10, help="timing rounds, each alternating the models")
     parser.add_argument("--iterations", type=int, default=5, help="runs of each model per round")
