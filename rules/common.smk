@@ -74,8 +74,8 @@ DEPLOYED = ["fp32"] + [f"qat_{tag}_q{QAT_SEEDS[tag][0]}" for tag in BIT_TAGS]
 # PTQ and QAT runs of one FP32 model (rules/quantize.smk), per bit-width tag and QAT seed
 PTQ_RUN = f"{RUN}/ptq_{{tag}}_q{{qseed}}"
 QAT_RUN = f"{RUN}/qat_{{tag}}_q{{qseed}}"
-# TensorRT (rules/trt.smk): the engines' batch sizes, and the benchmark files the bench table reads (none unless
-# trt.transport is set)
+# TensorRT (rules/trt.smk): its settings and the engines' batch sizes; TRT_BENCH, the benchmark files the bench table
+# reads (none unless trt.transport is set), follows the helpers below
 TRT = config["trt"]
 TRT_BATCHES = config["bench"]["batch_sizes"]
 
