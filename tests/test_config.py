@@ -31,12 +31,12 @@ def test_default_study_has_two_cnns_and_two_vits():
 
 
 def test_the_run_part_of_the_default_study_is_the_default_study_at_fewer_bits():
-    """config/default-4-2.yaml produced the committed default-study tables: its jobs must be config.yaml's own (the
+    """config/default-4-3-2.yaml produced the committed default-study tables: its jobs must be config.yaml's own (the
     same study folder and the same hashed sections), only fewer bit-widths."""
     default = yaml.safe_load((REPO / "config.yaml").read_text())
-    part = yaml.safe_load((REPO / "config/default-4-2.yaml").read_text())
+    part = yaml.safe_load((REPO / "config/default-4-3-2.yaml").read_text())
     validate(copy.deepcopy(part), str(SCHEMA_PATH))  # validation fills in defaults; compare the files as written
-    assert part["bits"] == [4, 2] and part["seeds"]["qat_by_bits"] == {}
+    assert part["bits"] == [4, 3, 2] and part["seeds"]["qat_by_bits"] == {}
     assert set(part["bits"]) < set(default["bits"])
     for config in (default, part):
         config.pop("bits"), config["seeds"].pop("qat_by_bits")
