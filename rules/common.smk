@@ -12,6 +12,7 @@ from qatstudy.config import (
     bit_tags,
     canonical,
     config_digest,
+    deployed_variants,
     merged_settings,
     model_identity,
     model_objective,
@@ -70,7 +71,7 @@ FIGURES = expand(f"{FIGURES_DIR}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=FIGUR
 # Exported and benchmarked: the first FP32 seed's model and its QAT models of the first QAT seed (deployment speed
 # does not depend on the seed).
 DEPLOY_SEED = FP32_SEEDS[0]
-DEPLOYED = ["fp32"] + [f"qat_{tag}_q{QAT_SEEDS[tag][0]}" for tag in BIT_TAGS]
+DEPLOYED = deployed_variants(config)
 # PTQ and QAT runs of one FP32 model (rules/quantize.smk), per bit-width tag and QAT seed
 PTQ_RUN = f"{RUN}/ptq_{{tag}}_q{{qseed}}"
 QAT_RUN = f"{RUN}/qat_{{tag}}_q{{qseed}}"

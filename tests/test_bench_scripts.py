@@ -11,6 +11,7 @@ import yaml
 
 from helpers import make_tiny_dataset
 from qatstudy import bench_ort_int8, bench_planning, bench_qat_step, quant, stages
+from qatstudy.config import deployed_variants
 from qatstudy.objectives import QATSettings
 from qatstudy.settings import TrainSettings
 
@@ -170,5 +171,5 @@ def test_int8_table_flags_missed_targets():
 
 def test_ort_int8_compares_the_run_folders_the_workflow_writes():
     config = {"bits": [8, 4], "seeds": {"qat": [1, 2], "qat_by_bits": {8: [0]}}}
-    assert bench_ort_int8.variants(config, ["w8a8", "w4a4"]) == ["fp32", "qat_w8a8_q0", "qat_w4a4_q1"]
-    assert bench_ort_int8.variants(config, ["w4a4"], qat_seed=2) == ["fp32", "qat_w4a4_q2"]
+    assert deployed_variants(config, ["w8a8", "w4a4"]) == ["fp32", "qat_w8a8_q0", "qat_w4a4_q1"]
+    assert deployed_variants(config, ["w4a4"], qat_seed=2) == ["fp32", "qat_w4a4_q2"]

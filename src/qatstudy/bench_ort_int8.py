@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from .bench import interleaved_latency
-from .config import bit_tags, load_config, qat_seeds
+from .config import deployed_variants, load_config
 from .export import export_onnx, onnx_top1
 from .io import read_json
 
@@ -143,15 +143,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def variants(config: dict, tags: list[str], qat_seed: int | None = None) -> list[str]:
-    """The run folders to compare: FP32 and, per QAT tag, `qat_<tag>_q<seed>` of `qat_seed`, or of the tag's first
-    QAT seed in the config (the one the workflow exports and benchmarks)."""
-    seeds = qat_seeds(config)
-    return ["fp32"] + [
-        f"qat_{tag}_q{seeds.get(tag, config['seeds']['qat'])[0] if qat_seed is None else qat_seed}" for tag in tags
-    ]
-
-
 def main(args: argparse.Namespace) -> None:
     """`qatstudy bench-ort-int8`: export, time and print the table for the config's models (options in qatstudy.cli)."""
     config = load_config(args.config)
@@ -165,7 +156,7 @@ def main(args: argparse.Namespace) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             exported = export_variants(
                 Path(args.runs) / model / f"seed{args.seed}",
-                variants(config, args.bits or bit_tags(config["bits"]), args.qat_seed),
+                deployed_variants(config, args.bits, args.qat_seed),
                 folder,
                 data=args.data,
                 calibration=config["calibration"],

@@ -138,6 +138,16 @@ def qat_seeds(config: dict) -> dict[str, list[int]]:
     return {tag: by_bits.get(tag, config["seeds"]["qat"]) for tag in tags}
 
 
+def deployed_variants(config: dict, tags: list[str] | None = None, qat_seed: int | None = None) -> list[str]:
+    """The run folders that are exported and benchmarked: `fp32` and, per bit-width tag (default: the config's),
+    `qat_<tag>_q<seed>` of `qat_seed`, or of the tag's first QAT seed (speed does not depend on the seed)."""
+    seeds = qat_seeds(config)
+    return ["fp32"] + [
+        f"qat_{tag}_q{seeds.get(tag, config['seeds']['qat'])[0] if qat_seed is None else qat_seed}"
+        for tag in (bit_tags(config["bits"]) if tags is None else tags)
+    ]
+
+
 def ptq_seeds(config: dict) -> dict[str, list[int]]:
     """Per bit-width tag, the QAT seeds whose calibration sample PTQ runs with: `seeds.ptq` where it is set (each
     must be one of every bit-width's QAT seeds, so PTQ and QAT stay paired), else all of the tag's QAT seeds."""

@@ -18,6 +18,7 @@ from .tables import markdown_row
 FINDING_COLUMNS = ["claim", "subject", "w_bits", "a_bits", "effect", "ci_low", "ci_high", "n", "shown", "unit"]
 FP32_BITS = FLOAT_BITS  # the bit pair of claims about the FP32 models themselves
 POINTS = "top-1 points"
+PERCENT_OF_WEIGHTS = "% of weights"
 # variation statistics compared across families (qatstudy.analysis), over the Conv2d / Linear weights and inputs
 VARIATION_STATS = ("kurtosis", "channel_cv", "outlier_ratio")
 
@@ -94,7 +95,7 @@ def oscillation_findings(oscillation: pd.DataFrame) -> list[dict]:
     rows = []
     for (w, a), at_bits in per_seed.groupby(["w_bits", "a_bits"], sort=False):
         for column, claim in measures.items():
-            rows += _family_gap(claim, w, a, at_bits.assign(pct=100.0 * at_bits[column]), "pct", "% of weights")
+            rows += _family_gap(claim, w, a, at_bits.assign(pct=100.0 * at_bits[column]), "pct", PERCENT_OF_WEIGHTS)
     return rows
 
 
@@ -126,7 +127,7 @@ def findings_table(
 
 
 def _number(value: float, unit: str, sign: str = "") -> str:
-    return f"{value:{sign}.2f}" if unit in (POINTS, "% of weights") else f"{value:{sign}.3g}"
+    return f"{value:{sign}.2f}" if unit in (POINTS, PERCENT_OF_WEIGHTS) else f"{value:{sign}.3g}"
 
 
 def findings_markdown(findings: pd.DataFrame) -> str:
