@@ -49,6 +49,7 @@ rule figures:
 rule ablation:
     input:
         rules.ablation_table.output,
+        rules.ablation_findings.output,
 
 
 rule analysis:

@@ -23,6 +23,10 @@ ARM_CONFIG = {(arm, model): arm_config(config, arm, model, SCHEMA) for arm in AR
 ABLATION_TAGS = bit_tags(config["ablation"]["bits"])
 ABLATION_RUN = f"{RUN}/ablation/{{arm}}_{{tag}}_q{{qseed}}"
 MAIN_PROTOCOL_ARMS = [arm for arm in ARMS if is_main_protocol_arm(config, arm)]
+if ARMS and not MAIN_PROTOCOL_ARMS:
+    raise ValueError(
+        "ablation.arms: no arm without overrides (the main protocol), which the other arms are paired with"
+    )
 # The metrics files of each arm's runs: the qat rule's for a main-protocol arm, else the arm's own.
 ABLATION_METRICS = {
     arm: expand(
@@ -75,3 +79,19 @@ rule ablation_table:
         allow_mixed_config=config["aggregate"]["allow_mixed_config"],
     script:
         "../workflow_scripts/ablation_table.py"
+
+
+rule ablation_findings:
+    input:
+        f"{TABLES_DIR}/ablation.csv",
+    output:
+        csv=table_report(f"{TABLES_DIR}/ablation_findings.csv", "ablation_findings"),
+        markdown=f"{TABLES_DIR}/ablation_findings.md",
+    log:
+        f"{LOGS}/ablation_findings.log",
+    conda:
+        "../envs/qatstudy.yaml"
+    params:
+        main_arm=MAIN_PROTOCOL_ARMS[:1],
+    script:
+        "../workflow_scripts/ablation_findings.py"

@@ -71,8 +71,9 @@ def test_arms_expand_to_one_qat_job_per_arm_model_and_bits(ablation_dry_run):
         "qat": 2,
         "ablation_qat": arms * 2,
         "ablation_table": 1,
+        "ablation_findings": 1,
         "ablation": 1,
-        "total": 7 + arms * 2,
+        "total": 8 + arms * 2,
     }
     assert scheduled_arm_runs(output) == {
         f"{arm}_{tag}_q0" for arm in ARMS if arm != "baseline" for tag in ("w4a4", "w2a2")
@@ -102,7 +103,13 @@ def test_editing_one_arm_reruns_only_its_jobs(ablation_dry_run, tmp_path):
         "ablation",
         "--dry-run",
     )  # a file of the same name: the same study
-    assert job_counts(result.stdout) == {"ablation_qat": 2, "ablation_table": 1, "ablation": 1, "total": 4}
+    assert job_counts(result.stdout) == {
+        "ablation_qat": 2,
+        "ablation_table": 1,
+        "ablation_findings": 1,
+        "ablation": 1,
+        "total": 5,
+    }
     assert scheduled_arm_runs(result.stdout) == {"kd_w4a4_q0", "kd_w2a2_q0"}
 
 
@@ -266,3 +273,12 @@ def test_table_escapes_arm_names_for_latex(tmp_path):
     frame = ablation_frame(arm, fp32, ["kd_reg"], {arm[0]: "kd_reg"})
     assert pd.isna(frame.oscillating_share[0])
     assert r"kd\_reg & 85.00 \\" in ablation_latex(frame, ["kd_reg"], ["vit"])
+
+
+def test_an_ablation_without_a_main_protocol_arm_is_refused_when_the_workflow_loads(tmp_path):
+    config = tiny_ablation_config(arms={"kd": ARMS["kd"]})
+    result = snakemake(
+        tmp_path, "--configfile", str(write_config(config, tmp_path / "ablation.yaml")), "-n", "ablation", check=False
+    )
+    assert result.returncode != 0
+    assert "ablation.arms: no arm without overrides" in result.stdout + result.stderr

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from qatstudy.findings import findings_markdown, findings_table, seed_drops
+from qatstudy.findings import ablation_findings, findings_markdown, findings_table, seed_drops
 from qatstudy.stats import t_critical, welch_ci
 
 
@@ -148,3 +148,41 @@ def test_variation_gap_per_kind_and_statistic_leaves_attention_internals_out():
     assert "| vit_minus_cnn_weight_kurtosis | vit - cnn | FP32 | +6 |" in findings_markdown(
         findings_table(_accuracy(), variation=pd.DataFrame(rows))
     )
+
+
+def _ablation() -> pd.DataFrame:
+    rows = []
+    for arm, gain, oscillation in (("main", 0.0, 0.02), ("kd", 1.0, 0.01)):
+        for qat_seed, jitter in enumerate((-1.0, 0.0, 1.0)):  # shared by both arms: it cancels in the pairs
+            rows.append(
+                dict(
+                    arm=arm,
+                    model="r",
+                    family="cnn",
+                    w_bits=2,
+                    a_bits=2,
+                    seed=0,
+                    qat_seed=qat_seed,
+                    top1=80.0 + jitter + gain + 0.1 * qat_seed * (arm == "kd"),
+                    fp32_top1=90.0,
+                    oscillating_share=oscillation,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def test_ablation_findings_pair_each_arm_run_with_the_main_run_of_its_fp32_model_and_qat_seed():
+    table = ablation_findings(_ablation(), "main").set_index("claim")
+    top1 = table.loc["arm_minus_main_top1"]
+    # differences 1.0, 1.1, 1.2: the QAT seeds' jitter cancels, the interval is over the three pairs
+    assert (top1.subject, top1.n, top1.w_bits) == ("kd: r", 3, 2) and top1.effect == pytest.approx(1.1)
+    assert top1.ci_high - top1.effect == pytest.approx(t_critical(2) * 0.1 / 3**0.5) and top1.shown
+    oscillation = table.loc["arm_minus_main_oscillation"]
+    assert oscillation.effect == pytest.approx(-1.0) and oscillation.unit == "% of weights"
+    assert "main" not in " ".join(table.subject)
+
+
+def test_ablation_findings_leave_out_runs_without_a_main_partner():
+    ablation = _ablation()
+    ablation = ablation[~((ablation.arm == "main") & (ablation.qat_seed == 2))]
+    assert ablation_findings(ablation, "main").set_index("claim").loc["arm_minus_main_top1"].n == 2
