@@ -196,7 +196,10 @@ def test_table_renders_arms_by_bits_and_model(tmp_path):
         for model, family in [("vit", "vit"), ("cnn", "cnn")]:
             for bits in (4, 2):
                 for seed in (0, 1):
-                    history = [{"epoch": 1, "oscillating_share": 0.2}, {"epoch": 2, "oscillating_share": 0.05 * seed}]
+                    history = [
+                        {"epoch": 1, "val_top1": 70.0, "oscillating_share": 0.2},
+                        {"epoch": 2, "val_top1": 70.5 + seed, "oscillating_share": 0.05 * seed},
+                    ]
                     arm_files.append(
                         _write_metrics(
                             tmp_path,
@@ -208,6 +211,7 @@ def test_table_renders_arms_by_bits_and_model(tmp_path):
                             seed=seed,
                             qat_seed=0,
                             test_top1=80.0 + bits + gain + seed,
+                            val_top1=70.5 + seed,
                             history=history,
                         )
                     )
@@ -225,6 +229,8 @@ def test_table_renders_arms_by_bits_and_model(tmp_path):
         "qat_seed",
         "top1",
         "fp32_top1",
+        "val_top1",
+        "last_epoch_val_gain",
         "oscillating_share",
         "config_hash",
         "git_commit",
@@ -234,6 +240,7 @@ def test_table_renders_arms_by_bits_and_model(tmp_path):
     assert list(frame.arm.drop_duplicates()) == arms
     row = frame[(frame.arm == "kd") & (frame.model == "cnn") & (frame.w_bits == 2) & (frame.seed == 1)].iloc[0]
     assert (row.top1, row.fp32_top1, row.oscillating_share) == (84.0, 92.0, 0.05)  # the last epoch's share
+    assert (row.val_top1, row.last_epoch_val_gain) == (71.5, 1.5)  # validation gained by the last epoch
 
     markdown = ablation_markdown(frame, arms, models)
     lines = markdown.splitlines()

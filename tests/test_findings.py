@@ -165,6 +165,7 @@ def _ablation() -> pd.DataFrame:
                     qat_seed=qat_seed,
                     top1=80.0 + jitter + gain + 0.1 * qat_seed * (arm == "kd"),
                     fp32_top1=90.0,
+                    last_epoch_val_gain=0.2 * qat_seed,
                     oscillating_share=oscillation,
                 )
             )
@@ -179,7 +180,10 @@ def test_ablation_findings_pair_each_arm_run_with_the_main_run_of_its_fp32_model
     assert top1.ci_high - top1.effect == pytest.approx(t_critical(2) * 0.1 / 3**0.5) and top1.shown
     oscillation = table.loc["arm_minus_main_oscillation"]
     assert oscillation.effect == pytest.approx(-1.0) and oscillation.unit == "% of weights"
-    assert "main" not in " ".join(table.subject)
+    assert "main: r" not in set(table.subject[table.index != "main_last_epoch_val_gain"])
+    convergence = table.loc["main_last_epoch_val_gain"]  # gains 0, 0.2, 0.4 of the main protocol's runs
+    assert (convergence.subject, convergence.n, convergence.unit) == ("main: r", 3, "validation top-1 points")
+    assert convergence.effect == pytest.approx(0.2) and not convergence.shown
 
 
 def test_ablation_findings_leave_out_runs_without_a_main_partner():

@@ -22,6 +22,8 @@ ABLATION_COLUMNS = [
     "qat_seed",
     "top1",
     "fp32_top1",
+    "val_top1",
+    "last_epoch_val_gain",
     "oscillating_share",
     *PROVENANCE_COLUMNS,
 ]
@@ -30,20 +32,25 @@ ABLATION_COLUMNS = [
 def ablation_frame(
     arm_files: list[str], fp32_files: list[str], arms: list[str], arm_of: dict[str, str]
 ) -> pd.DataFrame:
-    """One row per arm x model x bits x FP32 seed x QAT seed: test top-1, the FP32 model's, and the share of
-    weights oscillating at the last QAT epoch. `arm_of` names each file's arm (a main-protocol arm's files are the
+    """One row per arm x model x bits x FP32 seed x QAT seed: test top-1, the FP32 model's, validation top-1 and
+    what the last QAT epoch added to it (whether the fine-tune's budget still gains), and the share of weights
+    oscillating at the last QAT epoch. `arm_of` names each file's arm (a main-protocol arm's files are the
     study's own QAT runs). Rows follow the config's arm order."""
     fp32_top1 = {(m["model"], m["seed"]): m["test_top1"] for m in map(read_json, fp32_files)}
     rows = []
     for f in arm_files:
         m = read_json(f)
-        last_epoch = m["history"][-1] if m.get("history") else {}
+        history = m.get("history") or [{}]
+        last_epoch = history[-1]
+        val_gain = last_epoch["val_top1"] - history[-2]["val_top1"] if len(history) > 1 else None
         rows.append(
             {
                 **{k: m[k] for k in ("model", "family", "w_bits", "a_bits", "seed", "qat_seed")},
                 "arm": arm_of[f],
                 "top1": m["test_top1"],
                 "fp32_top1": fp32_top1[(m["model"], m["seed"])],
+                "val_top1": m.get("val_top1"),
+                "last_epoch_val_gain": val_gain,
                 "oscillating_share": last_epoch.get("oscillating_share"),
                 **provenance_columns(m),
             }

@@ -18,6 +18,7 @@ from .tables import markdown_row
 FINDING_COLUMNS = ["claim", "subject", "w_bits", "a_bits", "effect", "ci_low", "ci_high", "n", "shown", "unit"]
 FP32_BITS = FLOAT_BITS  # the bit pair of claims about the FP32 models themselves
 POINTS = "top-1 points"
+VAL_POINTS = "validation top-1 points"
 PERCENT_OF_WEIGHTS = "% of weights"
 # variation statistics compared across families (qatstudy.analysis), over the Conv2d / Linear weights and inputs
 VARIATION_STATS = ("kurtosis", "channel_cv", "outlier_ratio")
@@ -116,7 +117,8 @@ def ablation_findings(ablation: pd.DataFrame, main_arm: str) -> pd.DataFrame:
     """Per arm other than `main_arm`, model and bit pair: the arm's test top-1 minus the main protocol's, and its
     share of weights oscillating in the last QAT epoch minus the main protocol's, paired on the FP32 model and QAT
     seed (one difference per FP32 seed x QAT seed, t-interval over those pairs, so conditional on the ablation's
-    FP32 models). Rows follow the table's arm order."""
+    FP32 models). Then, per model and bit pair, what the main protocol's last QAT epoch added to validation top-1
+    (whether its budget has converged), over the same runs. Rows follow the table's arm order."""
     keys = ["model", "w_bits", "a_bits", "seed", "qat_seed"]
     frame = ablation.assign(oscillation_pct=100.0 * ablation.oscillating_share)
     main = frame[frame.arm == main_arm].set_index(keys)
@@ -134,6 +136,10 @@ def ablation_findings(ablation: pd.DataFrame, main_arm: str) -> pd.DataFrame:
             if diff.empty:
                 continue
             rows.append(_paired(claim, f"{arm}: {model}", w, a, diff, unit))
+    for (model, w, a), runs in frame[frame.arm == main_arm].groupby(["model", "w_bits", "a_bits"], sort=False):
+        gains = runs.last_epoch_val_gain.dropna()
+        if not gains.empty:
+            rows.append(_paired("main_last_epoch_val_gain", f"{main_arm}: {model}", w, a, gains, VAL_POINTS))
     return pd.DataFrame(rows, columns=FINDING_COLUMNS)
 
 
@@ -153,7 +159,7 @@ def findings_table(
 
 
 def _number(value: float, unit: str, sign: str = "") -> str:
-    return f"{value:{sign}.2f}" if unit in (POINTS, PERCENT_OF_WEIGHTS) else f"{value:{sign}.3g}"
+    return f"{value:{sign}.2f}" if unit in (POINTS, VAL_POINTS, PERCENT_OF_WEIGHTS) else f"{value:{sign}.3g}"
 
 
 MAIN_NOTE = (
@@ -168,7 +174,9 @@ ABLATION_NOTE = (
     "arm_minus_main_top1: the arm's test top-1 minus the main protocol's on the same FP32 model and QAT seed; "
     "arm_minus_main_oscillation: the same difference of the share of weights oscillating in the last QAT epoch. "
     "t-interval over those pairs (n), so it holds the QAT runs' randomness, not the FP32 models': the effect is "
-    "the arm's on the ablation's FP32 models. Shown: the 95% interval excludes zero."
+    "the arm's on the ablation's FP32 models. main_last_epoch_val_gain: validation top-1 after the main protocol's "
+    "last QAT epoch minus after the one before (a budget that has converged gains nothing), t-interval over its "
+    "runs. Shown: the 95% interval excludes zero."
 )
 
 
