@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -190,3 +193,19 @@ def test_ablation_findings_leave_out_runs_without_a_main_partner():
     ablation = _ablation()
     ablation = ablation[~((ablation.arm == "main") & (ablation.qat_seed == 2))]
     assert ablation_findings(ablation, "main").set_index("claim").loc["arm_minus_main_top1"].n == 2
+
+
+def test_every_number_in_the_readme_findings_is_in_the_generated_tables():
+    """The README restates the committed study's findings; each two-decimal number it gives there must be in a
+    table the workflow wrote (findings, ablation findings or summary), so none is typed by hand."""
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    section = readme.split("## What the study found", 1)[1].split("\n## ", 1)[0]
+    tables = "".join(
+        path.read_text()
+        for path in sorted((repo / "results").glob("*/tables/*.md"))
+        if path.stem in ("findings", "ablation_findings", "summary")
+    )
+    numbers = set(re.findall(r"\d+\.\d\d(?!\d)", section))
+    assert numbers, "the README's findings section gives no numbers"
+    assert sorted(n for n in numbers if n not in tables) == []
