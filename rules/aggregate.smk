@@ -13,7 +13,9 @@ report: "../report/workflow.rst"
 # The benchmark table needs only the deployed variants' benchmarks, so `snakemake bench` runs no PTQ job.
 rule bench_table:
     input:
-        bench=deployed_runs(f"{RUN}/{{variant}}/bench_cpu.json") + TRT_BENCH,
+        bench=deployed_runs(f"{RUN}/{{variant}}/bench_cpu.json")
+        + deployed_runs(f"{RUN}/{{variant}}/bench_openvino.json")
+        + TRT_BENCH,
     output:
         bench=table_report(f"{TABLES_DIR}/bench.csv", "bench"),
     log:

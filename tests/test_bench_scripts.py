@@ -131,7 +131,10 @@ def test_int8_benchmark_exports_times_and_scores_a_tiny_study(tmp_path):
     )
     assert exported["qat_w4a4"]["onnx"] == tmp_path / "qat_w4a4.onnx" and (tmp_path / "qat_w4a4_trt.onnx").exists()
     rows = bench_ort_int8.compare(exported, batches=[1, 4], threads=1, warmup=1, rounds=2, iterations=1, data=data)
-    assert [(r["variant"], r["batch"]) for r in rows] == [("qat_w4a4", 1), ("qat_w4a4", 4)]
+    assert [(r["backend"], r["variant"], r["batch"]) for r in rows] == [
+        ("onnxruntime-cpu", "qat_w4a4", 1),
+        ("onnxruntime-cpu", "qat_w4a4", 4),
+    ]
     for r in rows:
         assert (
             r["fp32_ms"] > 0 and r["int8_ms"] > 0 and r["ratio"] == r["int8_ms"] / r["fp32_ms"] and r["cpu_ratio"] > 0
@@ -140,14 +143,24 @@ def test_int8_benchmark_exports_times_and_scores_a_tiny_study(tmp_path):
         assert r["torch_top1"] == exported["qat_w4a4"]["metrics"]["test_top1"]
         assert 0 <= r["onnx_top1"] <= 100 and r["top1_delta"] == r["onnx_top1"] - r["torch_top1"]
         assert r["top1_met"] == (abs(r["top1_delta"]) <= 0.2)
-        assert r["ort_ops"].get("QGemm", 0) >= 3 and r["ort_ops"].get("QLinearConv", 0) >= 2
+        assert "QGemm" in r["integer_kernels"] and "QLinearConv" in r["integer_kernels"]
     lines = bench_ort_int8.format_table(rows).splitlines()
     assert len(lines) == 4 and "INT8/FP32" in lines[0]
+
+    # OpenVINO times the TensorRT layout, and checks its classes against onnxruntime on the same file
+    rows = bench_ort_int8.compare(
+        exported, batches=[4], threads=1, warmup=1, rounds=2, iterations=1, data=data, backend="openvino-cpu"
+    )
+    (row,) = rows
+    assert row["backend"] == "openvino-cpu" and row["target"] == 1.0  # no OpenVINO target for this model
+    assert row["agreement"] >= 0.95 and 0 <= row["onnx_top1"] <= 100
+    assert row["integer_kernels"].endswith("compute layers") and not row["integer_kernels"].startswith("0 of")
 
 
 def test_int8_table_flags_missed_targets():
     row = {
         "model": "resnet",
+        "backend": "onnxruntime-cpu",
         "variant": "qat_w8a8",
         "batch": 64,
         "threads": 1,
@@ -161,12 +174,20 @@ def test_int8_table_flags_missed_targets():
         "onnx_top1": 90.7,
         "top1_delta": -0.3,
         "top1_met": False,
-        "ort_ops": {"QLinearConv": 21},
+        "integer_kernels": "21 QLinearConv",
     }
     line = bench_ort_int8.format_table([row]).splitlines()[2]
-    assert "| 0.70x | 0.72x | <= 0.67x | MISSED | 91.00 | 90.70 | -0.30 | MISSED | 21 QLinearConv |" in line
+    assert "| 0.70x | 0.72x | <= 0.67x | MISSED | 91.00 | 90.70 | -0.30 | MISSED |  | 21 QLinearConv |" in line
     met = bench_ort_int8.format_table([{**row, "ratio": 0.6, "met": True, "onnx_top1": None}]).splitlines()[2]
-    assert "| 0.60x | 0.72x | <= 0.67x | met |  |  |  |  | 21 QLinearConv |" in met
+    assert "| 0.60x | 0.72x | <= 0.67x | met |  |  |  |  |  | 21 QLinearConv |" in met
+    openvino = bench_ort_int8.format_table([{**row, "agreement": 0.995}]).splitlines()[2]
+    assert "| MISSED | 99.50% | 21 QLinearConv |" in openvino
+
+
+def test_openvino_targets_are_per_default_model_and_never_above_one():
+    assert bench_ort_int8.target("openvino-cpu", "resnet", "cnn") == 0.40
+    assert bench_ort_int8.target("openvino-cpu", "efficientnet", "cnn") == 1.0
+    assert bench_ort_int8.target("onnxruntime-cpu", "resnet", "cnn") == 0.67
 
 
 def test_ort_int8_compares_the_run_folders_the_workflow_writes():

@@ -39,6 +39,7 @@ LAYERS = {
     "analysis": STAGES,
     # deployment: ONNX export and layouts, onnxruntime, TensorRT
     "ort_sessions": DEPLOY,
+    "backends": DEPLOY,
     "qdq": DEPLOY,
     "export": DEPLOY,
     "bench": DEPLOY,

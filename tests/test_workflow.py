@@ -89,7 +89,13 @@ def test_tiny_study_tables(tiny_study):
     assert (quantized.packed_bytes < quantized.fp32_bytes).all()
 
     bench = pd.read_csv(tiny_study / "results/tiny/tables/bench.csv")
-    assert len(bench) == n_models * (1 + n_bits) * len(config["bench"]["batch_sizes"])
+    # onnxruntime on model.onnx and OpenVINO on model_trt.onnx, every deployed variant and batch size
+    assert len(bench) == 2 * n_models * (1 + n_bits) * len(config["bench"]["batch_sizes"])
+    assert set(bench.backend) == {"onnxruntime-cpu", "openvino-cpu"}
+    openvino = bench[bench.backend == "openvino-cpu"]
+    assert openvino.deployed_top1.between(0, 100).all() and openvino.agreement.between(0, 1).all()
+    assert (openvino.integer_compute_layers[openvino.method == "fp32"] == 0).all()
+    assert (openvino.integer_compute_layers[openvino.method == "qat"] > 0).all()
     for column in [
         "model",
         "family",
@@ -198,13 +204,14 @@ def test_adding_a_bit_width_schedules_only_its_jobs(tiny_study, tmp_path):
         "qat": n_models,
         "export_onnx": n_models,
         "bench_cpu": n_models,
+        "bench_openvino": n_models,
         "bench_table": 1,
         "accuracy_tables": 1,
         "summary_tables": 1,
         "findings": 1,
         "render_figures": 1,
         "all": 1,
-        "total": 4 * n_models + 6,
+        "total": 5 * n_models + 6,
     }
     scheduled = scheduled_variants(output)
     assert scheduled == {"ptq_w2a2_q0", "qat_w2a2_q0"}
@@ -228,6 +235,7 @@ def test_bench_target_runs_only_what_the_benchmark_table_needs(tmp_path, transpo
         "qat": n_models * (n_deployed - 1),
         "export_onnx": n_models * n_deployed,
         "bench_cpu": n_models * n_deployed,
+        "bench_openvino": n_models * n_deployed,
         "bench_table": 1,
         "bench": 1,
     }

@@ -54,6 +54,10 @@ BENCH_COLUMNS = [
     "onnx_bytes",
     "packed_bytes",
     "peak_mem_bytes",
+    "deployed_top1",  # test top-1 on the backend, where its benchmark measures it (OpenVINO)
+    "agreement",  # share of test images whose class agrees with onnxruntime on the same file
+    "integer_compute_layers",  # OpenVINO: compute layers (Conv, MatMul, FullyConnected) that run in integers
+    "compute_layers",
     *PROVENANCE_COLUMNS,
 ]
 

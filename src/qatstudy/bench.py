@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ort_sessions import session
+from .backends import ONNXRUNTIME, predictor
 
 
 def _status_bytes(field: str) -> int:
@@ -49,32 +49,33 @@ def benchmark_onnx(
     warmup: int,
     iterations: int,
     seed: int = 0,
+    backend: str = ONNXRUNTIME,
 ) -> list[dict]:
-    """One row per batch size. Peak memory: the process's peak RSS above its RSS before loading the model.
-    `model_bytes` is what the runtime loads and `onnx_bytes` the ONNX file: the same file here, not for TensorRT
-    (an engine built from an ONNX file)."""
+    """One row per batch size, on `backend` (qatstudy.backends). Peak memory: the process's peak RSS above its RSS
+    before loading the model. `model_bytes` is what the runtime loads and `onnx_bytes` the ONNX file: the same file
+    here, not for TensorRT (an engine built from an ONNX file)."""
     _reset_peak_rss()
     try:
         baseline = _status_bytes("VmRSS")
     except (OSError, KeyError):
         baseline = _peak_rss_bytes()
-    sess = session(onnx_path, threads)
+    predict = predictor(backend, onnx_path, threads)
     onnx_bytes = Path(onnx_path).stat().st_size
     rng = np.random.default_rng(seed)
     rows = []
     for batch in sorted(batch_sizes):
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
         for _ in range(warmup):
-            sess.run(None, {"input": x})
+            predict(x)
         times = []
         for _ in range(iterations):
             start = time.perf_counter()
-            sess.run(None, {"input": x})
+            predict(x)
             times.append((time.perf_counter() - start) * 1000.0)
         times_ms = np.asarray(times)
         rows.append(
             {
-                "backend": "onnxruntime-cpu",
+                "backend": backend,
                 "batch": batch,
                 "threads": threads,
                 "iterations": iterations,
@@ -100,24 +101,25 @@ def interleaved_latency(
     rounds: int,
     iterations: int,
     seed: int = 0,
+    backend: str = ONNXRUNTIME,
 ) -> dict[str, dict]:
     """Median latency of several models timed in turns on the same batch, for ratios between them.
 
     Each of `rounds` rounds runs every model `iterations` times, so load from other processes falls on all of
     them alike. Per model: the p50 wall-clock milliseconds, and the p50 CPU milliseconds of this process (all its
     threads), which other processes' load inflates far less than wall-clock time."""
-    sessions = {name: session(path, threads) for name, path in onnx_paths.items()}
+    predictors = {name: predictor(backend, path, threads) for name, path in onnx_paths.items()}
     x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
-    for sess in sessions.values():
+    for predict in predictors.values():
         for _ in range(warmup):
-            sess.run(None, {"input": x})
-    wall = {name: [] for name in sessions}
-    cpu = {name: [] for name in sessions}
+            predict(x)
+    wall = {name: [] for name in predictors}
+    cpu = {name: [] for name in predictors}
     for _ in range(rounds):
-        for name, sess in sessions.items():
+        for name, predict in predictors.items():
             for _ in range(iterations):
                 start_wall, start_cpu = time.perf_counter(), time.process_time()
-                sess.run(None, {"input": x})
+                predict(x)
                 wall[name].append(time.perf_counter() - start_wall)
                 cpu[name].append(time.process_time() - start_cpu)
     return {
@@ -128,5 +130,5 @@ def interleaved_latency(
             "wall_ms_p50": 1000.0 * float(np.median(wall[name])),
             "cpu_ms_p50": 1000.0 * float(np.median(cpu[name])),
         }
-        for name in sessions
+        for name in predictors
     }

@@ -1,15 +1,19 @@
-"""Is the INT8 model faster than FP32 on onnxruntime CPU, and does it keep PyTorch's accuracy?
+"""Is the INT8 model faster than FP32 on a CPU backend (onnxruntime, or OpenVINO), and does it keep PyTorch's
+accuracy?
 
 For each model of a study, exports the FP32 checkpoint and each chosen QAT checkpoint of a finished run folder
-with this code (`export.export_onnx`: the onnxruntime layout, `model.onnx`), times every INT8 model against FP32
-side by side in one process (`bench.interleaved_latency`: rounds that alternate the models, at each batch size and
-the config's bench threads), and prints the p50 latency ratios INT8/FP32 (wall clock, and this process's CPU time,
-which other processes' load inflates less) with the targets: at most 0.67x for CNNs, at most 0.85x for ViTs,
-never above 1x. Then the deployed (onnxruntime) test top-1 against PyTorch's fake-quant test top-1 (the run's
-metrics.json), which must agree within 0.2 points, and how many layers onnxruntime fused into integer kernels.
+with this code (`export.export_onnx`: `model.onnx` for onnxruntime, the TensorRT layout for OpenVINO), times every
+INT8 model against FP32 side by side in one process (`bench.interleaved_latency`: rounds that alternate the
+models, at each batch size and the config's bench threads), and prints the p50 latency ratios INT8/FP32 (wall
+clock, and this process's CPU time, which other processes' load inflates less) with the targets — onnxruntime: at
+most 0.67x for CNNs, 0.85x for ViTs; OpenVINO: per model of the default study (ResNet 0.40x, MobileNet 0.55x, ViT
+0.60x, Swin 0.66x); never above 1x. Then the deployed test top-1 against PyTorch's fake-quant test top-1 (the run's
+metrics.json), which must agree within 0.2 points (on OpenVINO also the share of test images whose class agrees
+with onnxruntime on the same file), and which layers run as integer kernels.
 
     uv run qatstudy bench-ort-int8 --runs runs/default --data runs/default/splits.npz
     uv run qatstudy bench-ort-int8 --runs runs/default --data ... --models resnet vit --bits w8a8 w4a4 --rounds 20
+    uv run qatstudy bench-ort-int8 --runs runs/default --data ... --backend openvino-cpu
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import os
 import tempfile
 from pathlib import Path
 
+from .backends import ONNXRUNTIME, OPENVINO, deployed_accuracy, openvino_model, precision_census, predictor
 from .bench import interleaved_latency
 from .config import deployed_variants, load_config
 from .export import export_onnx, onnx_top1
 from .io import read_json
 
-TARGETS = {"cnn": 0.67, "vit": 0.85}  # INT8 / FP32 latency, per model family
+TARGETS = {"cnn": 0.67, "vit": 0.85}  # INT8 / FP32 latency on onnxruntime, per model family
+OPENVINO_TARGETS = {"resnet": 0.40, "mobilenet": 0.55, "vit": 0.60, "swin": 0.66}  # on OpenVINO, per default model
 NEVER_SLOWER = 1.0
 MAX_TOP1_DELTA = 0.2  # points between deployed and PyTorch fake-quant top-1
 
@@ -43,8 +49,35 @@ def export_variants(run: Path, variants: list[str], out: Path, *, data: str, cal
             calib_images=calibration["images"],
             calib_method=calibration["method"],
         )
-        exported[variant] = {"metrics": read_json(run / variant / "metrics.json"), "report": report, "onnx": onnx_path}
+        exported[variant] = {
+            "metrics": read_json(run / variant / "metrics.json"),
+            "report": report,
+            "onnx": onnx_path,
+            "trt": out / f"{variant}_trt.onnx",
+        }
     return exported
+
+
+def target(backend: str, model: str, family: str) -> float:
+    """The INT8 / FP32 latency ratio to meet: the backend's target for the model, never above 1x."""
+    wanted = OPENVINO_TARGETS.get(model, NEVER_SLOWER) if backend == OPENVINO else TARGETS[family]
+    return min(wanted, NEVER_SLOWER)
+
+
+def _deployed(backend: str, path: Path, data: str, threads: int) -> dict:
+    """Test top-1 on `backend` (and, on OpenVINO, agreement with onnxruntime on the same file)."""
+    if backend == ONNXRUNTIME:
+        return {"onnx_top1": onnx_top1(path, data, threads=threads)}
+    measured = deployed_accuracy(predictor(backend, path, threads), predictor(ONNXRUNTIME, path, threads), data)
+    return {"onnx_top1": measured["deployed_top1"], "agreement": measured["agreement"]}
+
+
+def _integer_kernels(backend: str, entry: dict, threads: int) -> str:
+    """What runs as integer kernels: onnxruntime's fused operators, or OpenVINO's compute layers in integers."""
+    if backend == ONNXRUNTIME:
+        return ", ".join(f"{n} {op}" for op, n in entry["report"]["ort_ops"].items())
+    census = precision_census(openvino_model(entry["trt"], threads))
+    return f"{census['integer_compute_layers']} of {census['compute_layers']} compute layers"
 
 
 def compare(
@@ -56,30 +89,34 @@ def compare(
     rounds: int,
     iterations: int,
     data: str | None,
+    backend: str = ONNXRUNTIME,
 ) -> list[dict]:
-    """One row per quantized variant and batch size: latencies against FP32 and the targets; with `data`, the
-    deployed test top-1 against PyTorch's."""
+    """One row per quantized variant and batch size: latencies on `backend` against FP32 and the target; with
+    `data`, the deployed test top-1 against PyTorch's."""
     fp32 = exported["fp32"]["metrics"]
+    file_key = "onnx" if backend == ONNXRUNTIME else "trt"  # OpenVINO runs the explicit-quantization file
+    quantized = {v: e for v, e in exported.items() if v != "fp32"}
+    deployed = {v: _deployed(backend, e[file_key], data, threads) for v, e in quantized.items()} if data else {}
+    kernels = {v: _integer_kernels(backend, e, threads) for v, e in quantized.items()}
     rows = []
-    top1 = {v: onnx_top1(e["onnx"], data, threads=threads) for v, e in exported.items() if v != "fp32"} if data else {}
     for batch in batches:
         times = interleaved_latency(
-            {v: e["onnx"] for v, e in exported.items()},
+            {v: e[file_key] for v, e in exported.items()},
             tuple(fp32["input_shape"]),
             batch,
             threads=threads,
             warmup=warmup,
             rounds=rounds,
             iterations=iterations,
+            backend=backend,
         )
-        for variant, e in exported.items():
-            if variant == "fp32":
-                continue
+        for variant, e in quantized.items():
             ratio = times[variant]["wall_ms_p50"] / times["fp32"]["wall_ms_p50"]
-            target = TARGETS[fp32["family"]]
+            goal = target(backend, fp32["model"], fp32["family"])
             row = {
                 "model": fp32["model"],
                 "family": fp32["family"],
+                "backend": backend,
                 "variant": variant,
                 "batch": batch,
                 "threads": threads,
@@ -87,11 +124,12 @@ def compare(
                 "int8_ms": times[variant]["wall_ms_p50"],
                 "ratio": ratio,
                 "cpu_ratio": times[variant]["cpu_ms_p50"] / times["fp32"]["cpu_ms_p50"],
-                "target": target,
-                "met": ratio <= min(target, NEVER_SLOWER),
-                "ort_ops": e["report"]["ort_ops"],
+                "target": goal,
+                "met": ratio <= goal,
+                "integer_kernels": kernels[variant],
                 "torch_top1": e["metrics"]["test_top1"],
-                "onnx_top1": top1.get(variant),
+                "onnx_top1": None,
+                **deployed.get(variant, {}),
             }
             if row["onnx_top1"] is not None:
                 row["top1_delta"] = row["onnx_top1"] - row["torch_top1"]
@@ -100,15 +138,11 @@ def compare(
     return rows
 
 
-def _fused(ops: dict) -> str:
-    return ", ".join(f"{n} {op}" for op, n in ops.items())
-
-
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| model | variant | batch | threads | FP32 ms p50 | INT8 ms p50 | INT8/FP32 | CPU-time ratio | target | "
-        "latency | torch top-1 | ONNX top-1 | delta | accuracy | onnxruntime runs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---|",
+        "| model | backend | variant | batch | threads | FP32 ms p50 | INT8 ms p50 | INT8/FP32 | CPU-time ratio | "
+        "target | latency | torch top-1 | deployed top-1 | delta | accuracy | agreement | integer kernels |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
         accuracy = (
@@ -125,6 +159,7 @@ def format_table(rows: list[dict]) -> str:
             " | ".join(
                 [
                     f"| {r['model']}",
+                    r["backend"],
                     r["variant"],
                     str(r["batch"]),
                     str(r["threads"]),
@@ -135,7 +170,8 @@ def format_table(rows: list[dict]) -> str:
                     f"<= {r['target']}x",
                     "met" if r["met"] else "MISSED",
                     *accuracy,
-                    _fused(r["ort_ops"]),
+                    "" if r.get("agreement") is None else f"{100 * r['agreement']:.2f}%",
+                    r["integer_kernels"],
                 ]
             )
             + " |"
@@ -169,6 +205,7 @@ def main(args: argparse.Namespace) -> None:
                 rounds=args.rounds,
                 iterations=args.iterations,
                 data=None if args.no_accuracy else args.data,
+                backend=args.backend,
             )
     print(format_table(rows))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

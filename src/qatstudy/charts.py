@@ -197,15 +197,16 @@ def drop_by_bits(accuracy: pd.DataFrame, palette: alt.Scale | None = None) -> al
 
 
 def deployed_points(accuracy: pd.DataFrame, bench: pd.DataFrame, batch: int) -> pd.DataFrame:
-    """Per backend and deployed variant at one batch size: mean deployed top-1 (ONNX, or PyTorch where the
-    model was not exported), latency, throughput, file size and peak memory, and whether the variant is on
-    its backend's accuracy/latency Pareto frontier."""
+    """Per backend and deployed variant at one batch size: mean deployed top-1 (the backend's own where its
+    benchmark measured it, else onnxruntime's, or PyTorch's where the model was not exported), latency,
+    throughput, file size and peak memory, and whether the variant is on its backend's accuracy/latency Pareto
+    frontier."""
     if not (bench.batch == batch).any():  # an empty figure would pass unnoticed
         raise ValueError(f"bench.csv has no rows at batch {batch} (batches: {sorted(set(bench.batch))})")
     runs = bench[bench.batch == batch].merge(accuracy[RUN_KEYS + ["top1", "onnx_top1"]], on=RUN_KEYS, how="inner")
     runs = labelled(
         runs.assign(
-            deployed_top1=runs.onnx_top1.fillna(runs.top1),
+            deployed_top1=runs.get("deployed_top1", runs.onnx_top1).fillna(runs.onnx_top1).fillna(runs.top1),
             model_mb=runs.model_bytes / 1e6,
             peak_mem_mb=runs.peak_mem_bytes.clip(lower=0) / 1e6,
         )

@@ -62,6 +62,12 @@ def _bench_ort_int8(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=10, help="timing rounds, each alternating the models")
     parser.add_argument("--iterations", type=int, default=5, help="runs of each model per round")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the test-split top-1")
+    parser.add_argument(
+        "--backend",
+        choices=["onnxruntime-cpu", "openvino-cpu"],
+        default="onnxruntime-cpu",
+        help="onnxruntime on model.onnx, or OpenVINO on the TensorRT layout (default: onnxruntime-cpu)",
+    )
     parser.add_argument("--out", help="folder for the ONNX files (default: a temporary folder)")
 
 
