@@ -16,7 +16,7 @@ from snakemake.utils import validate
 from helpers import SCHEMA, SCHEMA_PATH, needs_fashion_mnist
 from qatstudy.config import arm_config, merged_settings, model_identity, model_objective, model_quant, qat_objective
 from qatstudy.io import read_json
-from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads
+from qatstudy.job_runner import WORKFLOW_CORES_ENV, job_threads
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

@@ -13,7 +13,7 @@ import jsonschema
 import yaml
 
 from .labels import bit_tag
-from .settings import TrainSettings
+from .stage_settings import TrainSettings
 
 _SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
 # The repository checkout (the package is installed editable from its src/), whose files the commands outside the

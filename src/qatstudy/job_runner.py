@@ -1,6 +1,6 @@
-"""Glue between Snakemake and the package for the entry points in workflow_scripts/: a job's provenance record, its
-thread budget, and the wrapper that runs its main function with its log. The config lookups the rules use are
-qatstudy.config's."""
+"""The runner of Snakemake jobs: what every entry point in workflow_scripts/ calls to run its main function with the
+rule's log (`run`), its thread budget (`job_threads`) and the provenance record of its result (`job_provenance`).
+The config lookups the rules use are qatstudy.config's."""
 
 from __future__ import annotations
 
