@@ -13,7 +13,7 @@ import jsonschema
 import yaml
 
 from .labels import bit_tag
-from .stage_settings import TrainSettings
+from .stage_settings import QATSettings, TrainSettings, config_values
 
 _SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
 # The repository checkout (the package is installed editable from its src/), whose files the commands outside the
@@ -73,21 +73,9 @@ def merged_settings(config: dict, stage: str, model: str) -> dict:
 
 
 def qat_objective(config: dict) -> dict:
-    """QATSettings fields from the config's distillation, regularizer and oscillation sections."""
-    distill, reg, osc = config["distillation"], config["regularizer"], config["oscillation"]
-    return canonical(
-        {
-            "distill_weight": distill["weight"],
-            "distill_temperature": distill["temperature"],
-            "crops": distill["crops"],
-            "regularizer_weight": reg["weight"],
-            "oscillation_momentum": osc["momentum"],
-            "oscillation_threshold": osc["threshold"],
-            "freeze_threshold": osc["freeze_threshold"],
-            "freeze_threshold_final": osc["freeze_threshold_final"],
-            "freeze_max_bits": osc["freeze_max_bits"],
-        }
-    )
+    """QATSettings fields from the config's distillation, regularizer and oscillation sections (the key each field is
+    read from is declared on QATSettings)."""
+    return canonical(config_values(QATSettings, config))
 
 
 def config_digest(config: dict, stage: str, **settings) -> dict:
