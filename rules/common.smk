@@ -115,10 +115,16 @@ def alone(cpus):
     return cpus if CLUSTER else CORES
 
 
+def model_digest(stage, **settings):
+    """The config digest of a model's result of `stage` (fp32, ptq or qat): the stage's sections with the model's own
+    overrides applied, plus the rule's own settings."""
+    return lambda wildcards: config_digest(config, stage, model=wildcards.model, **settings)
+
+
 def variant_digest(**settings):
     """The config digest of a deployed variant's result: its training stage's (fp32, or qat for qat_<tag>_q<seed>)
     plus the rule's own settings."""
-    return lambda wildcards: config_digest(config, wildcards.variant.split("_", 1)[0], **settings)
+    return lambda wildcards: model_digest(wildcards.variant.split("_", 1)[0], **settings)(wildcards)
 
 
 def identity(wildcards):

@@ -13,14 +13,14 @@ from .provenance import provenance
 
 
 def job_provenance(snakemake) -> dict:
-    """The provenance record of a job's result: its rule's `config_digest` param and its seed wildcards (the FP32
-    model's `seed`, and the `qseed` of a PTQ or QAT run)."""
+    """The provenance record of a job's result: its rule's `config_digest` param, its `model` (whose config that
+    digest hashes) and its seed wildcards (the FP32 model's `seed`, and the `qseed` of a PTQ or QAT run)."""
     seeds = {
         name: int(snakemake.wildcards[key])
         for name, key in (("seed", "seed"), ("qat_seed", "qseed"))
         if snakemake.wildcards.get(key) is not None
     }
-    return provenance(snakemake.params.config_digest, **seeds)
+    return provenance(snakemake.params.config_digest, model=snakemake.wildcards.get("model"), **seeds)
 
 
 WORKFLOW_CORES_ENV = "QATSTUDY_WORKFLOW_CORES"
