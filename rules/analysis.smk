@@ -32,7 +32,7 @@ rule sensitivity:
     params:
         identity=identity,
         settings=SENSITIVITY_SETTINGS,
-        config_digest=config_digest(config, "fp32", sensitivity=SENSITIVITY_SETTINGS),
+        config_digest=model_digest("fp32", sensitivity=SENSITIVITY_SETTINGS),
     script:
         "../workflow_scripts/sensitivity.py"
 
@@ -53,7 +53,7 @@ rule variation:
     params:
         identity=identity,
         settings=VARIATION_SETTINGS,
-        config_digest=config_digest(config, "fp32", variation=VARIATION_SETTINGS),
+        config_digest=model_digest("fp32", variation=VARIATION_SETTINGS),
     script:
         "../workflow_scripts/variation.py"
 

@@ -21,7 +21,7 @@ from qatstudy.config import (
     qat_seeds,
     study_name,
 )
-from qatstudy.workflow import WORKFLOW_CORES_ENV
+from qatstudy.job_runner import WORKFLOW_CORES_ENV
 
 # Every study has its own folders, so that running another config never touches the default study's results.
 STUDY = study_name(config, workflow.overwrite_configfiles)
@@ -97,13 +97,13 @@ CLUSTER = workflow.nodes is not None or workflow.remote_exec
 # --cores; runs that execute no jobs (--report, --lint) may leave it unset
 CORES = workflow.resource_settings.cores or CPUS
 if not CLUSTER:
-    os.environ[WORKFLOW_CORES_ENV] = str(CORES)  # jobs inherit it: workflow.job_threads
+    os.environ[WORKFLOW_CORES_ENV] = str(CORES)  # jobs inherit it: job_runner.job_threads
 
 
 def cpu_share(cpus):
     """The threads a job running `cpus` threads declares. On one machine: the --cores budget it must reserve so that
     jobs together never use more CPUs than this machine has, whatever --cores says (jobs scale back:
-    workflow.job_threads). On a cluster: `cpus`, what its allocation gets (cpus-per-task)."""
+    job_runner.job_threads). On a cluster: `cpus`, what its allocation gets (cpus-per-task)."""
     if CLUSTER:
         return cpus
     return max(1, min(CORES, math.ceil(cpus * CORES / CPUS)))
@@ -115,10 +115,16 @@ def alone(cpus):
     return cpus if CLUSTER else CORES
 
 
+def model_digest(stage, **settings):
+    """The config digest of a model's result of `stage` (fp32, ptq or qat): the stage's sections with the model's own
+    overrides applied, plus the rule's own settings."""
+    return lambda wildcards: config_digest(config, stage, model=wildcards.model, **settings)
+
+
 def variant_digest(**settings):
     """The config digest of a deployed variant's result: its training stage's (fp32, or qat for qat_<tag>_q<seed>)
     plus the rule's own settings."""
-    return lambda wildcards: config_digest(config, wildcards.variant.split("_", 1)[0], **settings)
+    return lambda wildcards: model_digest(wildcards.variant.split("_", 1)[0], **settings)(wildcards)
 
 
 def identity(wildcards):

@@ -20,7 +20,7 @@ rule ptq:
         identity=identity,
         quant=lambda w: MODEL_QUANT[w.model],
         calibration=canonical(config["calibration"]),
-        config_digest=config_digest(config, "ptq"),
+        config_digest=model_digest("ptq"),
     script:
         "../workflow_scripts/ptq.py"
 
@@ -45,6 +45,6 @@ rule qat:
         objective=lambda w: MODEL_OBJECTIVE[w.model],
         quant=lambda w: MODEL_QUANT[w.model],
         calibration=canonical(config["calibration"]),
-        config_digest=config_digest(config, "qat"),
+        config_digest=model_digest("qat"),
     script:
         "../workflow_scripts/qat.py"

@@ -17,6 +17,6 @@ rule train_fp32:
         settings=train_settings("train"),
         pretrained=lambda w: config["models"][w.model]["pretrained"],
         zero_init_head=lambda w: config["models"][w.model]["zero_init_head"],
-        config_digest=config_digest(config, "fp32"),
+        config_digest=model_digest("fp32"),
     script:
         "../workflow_scripts/train_fp32.py"

@@ -8,13 +8,10 @@
 # trt.float_baselines (its FP32 and FP16 baselines), a quantized model once, in trt.float_precision
 # (common.smk's float_precisions; TRT_BENCH there lists the benchmark files the bench table reads).
 
+from qatstudy.config import check_trt
 from qatstudy.trt import BENCH_SETTINGS, BUILD_SETTINGS
 
-if TRT["strongly_typed"] and {TRT["float_precision"], *TRT["float_baselines"]} != {"fp32"}:
-    raise ValueError(
-        "trt.strongly_typed takes every type from the ONNX files, whose float layers are FP32: set "
-        "trt.float_precision to fp32 and trt.float_baselines to [fp32]"
-    )
+check_trt(TRT)
 TRT_RUN = f"{RUN}/{{variant}}/trt/{{precision}}"
 TRT_BUILD_SETTINGS = canonical({k: TRT[k] for k in BUILD_SETTINGS})
 TRT_BENCH_SETTINGS = canonical({k: TRT[k] for k in BENCH_SETTINGS})

@@ -12,8 +12,7 @@ import yaml
 from helpers import make_tiny_dataset
 from qatstudy import bench_ort_int8, bench_planning, bench_qat_step, quant, stages
 from qatstudy.config import deployed_variants
-from qatstudy.objectives import QATSettings
-from qatstudy.settings import TrainSettings
+from qatstudy.stage_settings import QATSettings, TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,13 +1,19 @@
-"""The default and test configs validate against the schema that the workflow enforces."""
+"""The default and test configs validate against the schema that the workflow enforces, and the typed settings
+records agree with it."""
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import validate
 
-from helpers import SCHEMA_PATH
+from helpers import SCHEMA, SCHEMA_PATH
+from qatstudy import stage_settings
+from qatstudy.quant import QuantScheme
+from qatstudy.stage_settings import TRAIN_SETTINGS_DEFINITION, QATSettings, TrainSettings
+from qatstudy.trt import BENCH_SETTINGS, BUILD_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,3 +81,62 @@ def test_bad_quant_settings_are_rejected(change):
     config = {**_tiny(), **change}
     with pytest.raises(Exception, match=r"bits|quant|asymmetric|9"):
         validate(config, str(SCHEMA_PATH))
+
+
+# The typed settings records against the schema, the one definition of the config's keys, types and defaults
+# (docs/configuration.md, "One source"): a key added, renamed or retyped on one side only fails here.
+_JSON_TYPES = {"int": {"integer"}, "float": {"number"}, "bool": {"boolean"}, "str": {"string"}, "None": {"null"}}
+
+
+def _json_types(annotation: str) -> set[str]:
+    """`float | None` -> {"number", "null"}: the JSON types a field of that annotation holds."""
+    return set().union(*(_JSON_TYPES[part.strip()] for part in annotation.split("|")))
+
+
+def _schema_types(entry: dict) -> set[str]:
+    types = entry["type"]
+    return {types} if isinstance(types, str) else set(types)
+
+
+def test_train_settings_are_the_schemas_train_settings():
+    keys = SCHEMA["definitions"][TRAIN_SETTINGS_DEFINITION]["properties"]
+    fields = {f.name: f for f in dataclasses.fields(TrainSettings)}
+    assert set(fields) == set(keys)
+    for name, entry in keys.items():
+        assert _json_types(fields[name].type) == _schema_types(entry), name
+        # TrainSettings holds these defaults: a schema default would enter every rule's params and config hash
+        assert "default" not in entry, name
+    without_default = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
+    for section in ("train", "qat"):
+        assert set(SCHEMA["properties"][section]["allOf"][1]["required"]) == without_default
+
+
+@pytest.mark.parametrize("record", ["QATSettings", "BatchnormReestimation"])
+def test_each_settings_field_reads_a_schema_key_of_its_type_and_default(record):
+    for f in dataclasses.fields(getattr(stage_settings, record)):
+        section, key = f.metadata["config"]
+        entry = SCHEMA["properties"][section]["properties"][key]
+        assert _json_types(f.type) == _schema_types(entry), f.name
+        assert f.default == entry["default"], f.name
+
+
+def test_qat_settings_read_every_key_of_their_sections():
+    """A key added to distillation, regularizer or oscillation must reach the QAT objective."""
+    read = {f.metadata["config"] for f in dataclasses.fields(QATSettings)}
+    sections = {section for section, _ in read}
+    assert sections == {"distillation", "regularizer", "oscillation"}
+    assert read == {(s, key) for s in sections for key in SCHEMA["properties"][s]["properties"]}
+
+
+def test_quant_options_are_the_quant_schemes_fields():
+    """The quant section reaches QuantScheme.from_tag as keyword arguments, one per key; the bit-widths come from the
+    bit tag. (The defaults differ on purpose: QuantScheme's are the plain uniform scheme, the config's the study's.)"""
+    keys = SCHEMA["properties"]["quant"]["properties"]
+    fields = {f.name: f for f in dataclasses.fields(QuantScheme) if f.name not in ("w_bits", "a_bits")}
+    assert set(fields) == set(keys)
+    for name, entry in keys.items():
+        assert _json_types(fields[name].type) == _schema_types(entry), name
+
+
+def test_trt_settings_are_keys_of_the_trt_section():
+    assert set(BUILD_SETTINGS) | set(BENCH_SETTINGS) <= set(SCHEMA["properties"]["trt"]["properties"])

@@ -17,7 +17,7 @@ LAYERS = {
     "provenance": SHARED,
     "stats": SHARED,
     # the study config and the settings read from it
-    "settings": CONFIG,
+    "stage_settings": CONFIG,
     "config": CONFIG,
     # data, models, quantization
     "data": BUILDING_BLOCKS,
@@ -53,7 +53,7 @@ LAYERS = {
     "findings": REPORTING,
     "charts": REPORTING,
     # Snakemake job glue for workflow_scripts/, and the console script with its benchmark subcommands
-    "workflow": ENTRY,
+    "job_runner": ENTRY,
     "cli": ENTRY,
     "bench_qat_step": ENTRY,
     "bench_ort_int8": ENTRY,
@@ -61,7 +61,7 @@ LAYERS = {
 }
 # Entry points only: the stage functions run as jobs, so no module below the entry layer builds on them (what two
 # stages share lives below them: checkpoints, calibration).
-IMPORTED_BY_NO_MODULE = {"stages", "workflow"}
+IMPORTED_BY_NO_MODULE = {"stages", "job_runner"}
 
 
 def module_name(path: Path) -> str:
@@ -133,4 +133,4 @@ def test_imports_are_read_as_modules():
     # from ..labels import ..., from .attention import ...
     assert {"labels", "quant.attention", "quant.quantizer"} <= imported_modules(PACKAGE / "quant" / "modules.py")
     assert "quant.modules" in imported_modules(PACKAGE / "quant" / "__init__.py")
-    assert "models" in imported_modules(PACKAGE / "workflow.py")  # imported inside a function
+    assert "models" in imported_modules(PACKAGE / "job_runner.py")  # imported inside a function

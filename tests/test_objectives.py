@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from qatstudy import quant
-from qatstudy.objectives import QATObjective, QATSettings, bin_regularizer, distillation_loss
+from qatstudy.objectives import QATObjective, bin_regularizer, distillation_loss
 from qatstudy.quant.oscillation import OscillationTracker
+from qatstudy.stage_settings import QATSettings
 
 
 def _quantized_linear(bits: int = 4, step: float = 0.1) -> nn.Module:

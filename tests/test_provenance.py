@@ -122,6 +122,47 @@ def test_config_digest_follows_the_sections_behind_a_result(config, section, key
     assert moved == changed
 
 
+STAGES = ("fp32", "ptq", "qat")
+
+
+@pytest.mark.parametrize(
+    ("section", "override", "changed"),
+    [
+        ("train", {"lr": 0.01}, {"fp32", "ptq", "qat"}),
+        ("qat", {"epochs": 3}, {"qat"}),
+        ("quant", {"act_asymmetric": True}, {"ptq", "qat"}),
+        ("oscillation", {"freeze_threshold": 0.1}, {"qat"}),
+    ],
+)
+def test_a_models_overrides_enter_its_digests_and_no_other_models(config, section, override, changed):
+    study = {stage: config_digest(config, stage) for stage in STAGES}
+    # a model without overrides hashes as the study did, so finished results keep their digests
+    assert all(config_digest(config, stage, model=m) == study[stage] for stage in STAGES for m in config["models"])
+    edited = copy.deepcopy(config)
+    edited["models"]["vit"][section] = override
+    moved = {stage for stage in STAGES if config_digest(edited, stage, model="vit") != study[stage]}
+    assert moved == changed
+    for model in set(config["models"]) - {"vit"}:
+        assert {stage: config_digest(edited, stage, model=model) for stage in STAGES} == study
+    assert {stage: config_digest(edited, stage) for stage in STAGES} == study  # the study-wide sections
+
+
+def test_an_ablation_arms_digest_covers_the_models_overrides_and_the_arms(config):
+    edited = copy.deepcopy(config)
+    edited["models"]["vit"]["oscillation"] = {"freeze_threshold": 0.02}
+    edited["models"]["vit"]["qat"] = {"epochs": 3}
+    edited["ablation"]["arms"] = {"main": {}, "freeze": {"oscillation": {"freeze_threshold": 0.1}}}
+    vit, resnet = (config_digest(edited, "qat", model=m) for m in ("vit", "resnet"))
+    assert config_digest(edited, "qat", model="vit", arm="main") == vit  # the main protocol is the model's own QAT
+    freeze_vit = config_digest(edited, "qat", model="vit", arm="freeze")
+    assert freeze_vit not in (vit, config_digest(edited, "qat", model="resnet", arm="freeze"))
+    edited["models"]["vit"].pop("qat")  # left with an override the arm's key replaces
+    assert config_digest(edited, "qat", model="vit", arm="freeze") == config_digest(
+        edited, "qat", model="resnet", arm="freeze"
+    )
+    assert resnet == config_digest(config, "qat")
+
+
 def test_a_rule_adds_its_own_settings_to_the_digest(config):
     bench = config_digest(config, "qat", bench=config["bench"])
     assert bench["scope"] == "qat+bench" and bench["hash"] != config_digest(config, "qat")["hash"]
@@ -155,8 +196,21 @@ def test_one_config_per_scope_passes(tmp_path):
     files = [result(tmp_path / f"qat{i}.json", "aaaa") for i in range(3)]
     files += [result(tmp_path / "fp32.json", "bbbb", scope="fp32")]  # another scope may hash other sections
     files += [result(tmp_path / f"arm_{arm}.json", arm, arm=arm) for arm in ("kd", "baseline")]  # arms differ
+    files += [result(tmp_path / "other_model.json", "cccc", model="other")]  # so do models, by their own overrides
     assert mixed_configs({f: json.loads(Path(f).read_text()) for f in files}) == []
     check_one_config(files, allow_mixed=False)
+
+
+def test_results_are_compared_per_model_that_their_provenance_names(tmp_path):
+    """An ONNX report carries no model field: its provenance names the model whose config its hash covers."""
+    onnx = {}
+    for model, config_hash in [("a", "aaaa"), ("b", "bbbb"), ("b", "bbbb")]:
+        record = {"provenance": {"config_scope": "qat", "config_hash": config_hash, "config_model": model}}
+        onnx[f"runs/{model}/{len(onnx)}/onnx.json"] = record
+    assert mixed_configs(onnx) == []
+    onnx["runs/b/9/onnx.json"] = {"provenance": {"config_scope": "qat", "config_hash": "9999", "config_model": "b"}}
+    [problem] = mixed_configs(onnx)
+    assert problem.startswith("'qat' results of model 'b' come from 2 different configs") and "runs/a" not in problem
 
 
 def test_mixed_configs_are_refused_naming_hashes_and_files(tmp_path):
@@ -166,7 +220,7 @@ def test_mixed_configs_are_refused_naming_hashes_and_files(tmp_path):
     with pytest.raises(ValueError) as error:
         check_one_config([*old, new], allow_mixed=False)
     message = str(error.value)
-    assert "'qat' results come from 2 different configs" in message
+    assert "'qat' results of model 'm' come from 2 different configs" in message
     assert "config hash 1111aaaa" in message and "config hash 2222bbbb" in message
     assert new in message and old[0] in message and "and 2 more" in message  # five named per hash
     assert "aggregate.allow_mixed_config" in message

@@ -369,7 +369,7 @@ def test_freeze_batchnorm_without_batchnorm_is_a_no_op():
 
 
 def test_qat_with_distillation_regularizer_and_multicrop_records_oscillation(data, fp32, tmp_path):
-    from qatstudy.objectives import QATSettings
+    from qatstudy.stage_settings import QATSettings
 
     folder, _ = fp32
     objective = QATSettings(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from snakemake.utils import validate
 from helpers import SCHEMA, SCHEMA_PATH, needs_fashion_mnist
 from qatstudy.config import arm_config, merged_settings, model_identity, model_objective, model_quant, qat_objective
 from qatstudy.io import read_json
-from qatstudy.workflow import WORKFLOW_CORES_ENV, job_threads
+from qatstudy.job_runner import WORKFLOW_CORES_ENV, job_threads
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -138,7 +139,7 @@ def test_tiny_study_tables(tiny_study):
     run = tiny_study / "runs/tiny/vit/seed0/qat_w8a8_q0"
     for name, scope in [("metrics.json", "qat"), ("onnx.json", "qat"), ("bench_cpu.json", "qat+bench")]:
         record = read_json(run / name)["provenance"]
-        assert (record["config_scope"], record["seed"]) == (scope, 0)
+        assert (record["config_scope"], record["config_model"], record["seed"]) == (scope, "vit", 0)
         assert record["packages"]["torch"] and record["hardware"]["cpus"] >= 1
     sensitivity = read_json(tiny_study / "runs/tiny/cnn/seed0/analysis/sensitivity.json")["provenance"]
     assert sensitivity["config_scope"] == "fp32+sensitivity"
@@ -294,6 +295,24 @@ def test_model_quant_merges_the_models_overrides_and_names_bad_ones():
     config["models"]["cnn"]["quant"] = {"depthwise_input_bits": 1}
     with pytest.raises(ValueError, match=re.escape("models.cnn.quant.depthwise_input_bits: 1 is less than")):
         model_quant(config, "cnn", SCHEMA)
+
+
+@needs_fashion_mnist
+def test_tables_build_when_a_models_overrides_give_its_results_their_own_config_hash(tiny_study, tmp_path):
+    """A model's config hash covers its own overrides, and the tables compare hashes per model, so a study whose
+    models differ still tabulates (in a copy of the tiny study, which the other tests share)."""
+    workdir = tmp_path / "study"
+    shutil.copytree(tiny_study, workdir, symlinks=True)
+    config = yaml.safe_load(TINY.read_text())
+    config["models"]["cnn"]["oscillation"] = {"freeze_threshold": 0.02}
+    path = tmp_path / TINY.name
+    path.write_text(yaml.safe_dump(config))
+    snakemake(workdir, "--configfile", str(path), "--cores", "2", "results/tiny/tables/accuracy.csv")
+    accuracy = pd.read_csv(workdir / "results/tiny/tables/accuracy.csv")
+    qat = accuracy[accuracy.method == "qat"].groupby("model").config_hash.unique()
+    assert len(qat["cnn"]) == len(qat["vit"]) == 1 and qat["cnn"][0] != qat["vit"][0]
+    fp32 = accuracy[accuracy.method == "fp32"].groupby("model").config_hash.first()
+    assert fp32["cnn"] == fp32["vit"]  # the override does not touch the FP32 models
 
 
 @needs_fashion_mnist

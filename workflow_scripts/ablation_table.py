@@ -1,7 +1,7 @@
 from qatstudy.ablation import ablation_frame, ablation_latex, ablation_markdown
 from qatstudy.io import write_csv, write_text
+from qatstudy.job_runner import run
 from qatstudy.provenance import check_one_config
-from qatstudy.workflow import run
 
 
 def main(snakemake, log):

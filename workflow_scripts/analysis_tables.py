@@ -1,7 +1,7 @@
 from qatstudy.analysis import sensitivity_table, variation_summary, variation_table
 from qatstudy.io import write_csv
+from qatstudy.job_runner import run
 from qatstudy.provenance import check_one_config
-from qatstudy.workflow import run
 
 
 def main(snakemake, log):

@@ -1,8 +1,8 @@
 from qatstudy.backends import ONNXRUNTIME, OPENVINO, deployed_accuracy, openvino_model, precision_census, predictor
 from qatstudy.bench import benchmark_onnx
 from qatstudy.io import read_json, write_json
+from qatstudy.job_runner import job_provenance, run
 from qatstudy.records import BENCH_RUN_FIELDS
-from qatstudy.workflow import job_provenance, run
 
 
 def main(snakemake, log):

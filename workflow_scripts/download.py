@@ -1,5 +1,5 @@
 from qatstudy.data import fetch_dataset
-from qatstudy.workflow import run
+from qatstudy.job_runner import run
 
 
 def main(snakemake, log):

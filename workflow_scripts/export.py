@@ -1,6 +1,6 @@
 from qatstudy.export import export_onnx, onnx_top1
 from qatstudy.io import write_json
-from qatstudy.workflow import job_provenance, job_threads, run
+from qatstudy.job_runner import job_provenance, job_threads, run
 
 
 def main(snakemake, log):

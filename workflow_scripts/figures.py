@@ -4,7 +4,7 @@ import pandas as pd
 
 from qatstudy.charts import caption_markdown, figure, save_chart
 from qatstudy.io import write_text
-from qatstudy.workflow import run
+from qatstudy.job_runner import run
 
 
 def main(snakemake, log):

@@ -2,7 +2,7 @@ import pandas as pd
 
 from qatstudy.findings import findings_markdown, findings_table
 from qatstudy.io import write_csv, write_text
-from qatstudy.workflow import run
+from qatstudy.job_runner import run
 
 
 def main(snakemake, log):

@@ -1,6 +1,7 @@
+from qatstudy.job_runner import job_provenance, run
 from qatstudy.quant import QuantScheme
-from qatstudy.stages import BatchnormReestimation, ptq
-from qatstudy.workflow import job_provenance, run
+from qatstudy.stage_settings import BatchnormReestimation
+from qatstudy.stages import ptq
 
 
 def main(snakemake, log):

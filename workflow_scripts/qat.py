@@ -1,8 +1,7 @@
-from qatstudy.objectives import QATSettings
+from qatstudy.job_runner import job_provenance, run
 from qatstudy.quant import QuantScheme
-from qatstudy.settings import TrainSettings
-from qatstudy.stages import BatchnormReestimation, qat
-from qatstudy.workflow import job_provenance, run
+from qatstudy.stage_settings import BatchnormReestimation, QATSettings, TrainSettings
+from qatstudy.stages import qat
 
 
 def main(snakemake, log):

@@ -1,5 +1,5 @@
 from qatstudy.analysis import analyse_sensitivity
-from qatstudy.workflow import job_provenance, run
+from qatstudy.job_runner import job_provenance, run
 
 
 def main(snakemake, log):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from qatstudy.data import prepare_splits
 from qatstudy.io import write_json
-from qatstudy.workflow import run
+from qatstudy.job_runner import run
 
 
 def main(snakemake, log):

@@ -4,8 +4,8 @@ import pandas as pd
 
 from qatstudy.aggregate import summary_markdown, summary_tables
 from qatstudy.io import write_text
+from qatstudy.job_runner import run
 from qatstudy.tables import latex_table
-from qatstudy.workflow import run
 
 
 def main(snakemake, log):

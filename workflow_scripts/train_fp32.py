@@ -1,6 +1,6 @@
-from qatstudy.settings import TrainSettings
+from qatstudy.job_runner import job_provenance, run
+from qatstudy.stage_settings import TrainSettings
 from qatstudy.stages import train_fp32
-from qatstudy.workflow import job_provenance, run
 
 
 def main(snakemake, log):

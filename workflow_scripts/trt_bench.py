@@ -1,5 +1,5 @@
+from qatstudy.job_runner import job_provenance, run
 from qatstudy.trt_jobs import benchmark_engines
-from qatstudy.workflow import job_provenance, run
 
 
 def main(snakemake, log):

@@ -28,7 +28,8 @@ from .checkpoints import build
 from .config import SCHEMA_PATH, load_config, merged_settings, model_objective, model_quant
 from .data import get_spec
 from .models import set_threads
-from .objectives import QATObjective, QATSettings
+from .objectives import QATObjective
+from .stage_settings import QATSettings
 from .stages import freeze_batchnorm
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())

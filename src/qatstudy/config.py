@@ -13,7 +13,7 @@ import jsonschema
 import yaml
 
 from .labels import bit_tag
-from .settings import TrainSettings
+from .stage_settings import TRAIN_SETTINGS_DEFINITION, QATSettings, TrainSettings, config_values
 
 _SETTING_KEYS = set(TrainSettings.__dataclass_fields__)
 # The repository checkout (the package is installed editable from its src/), whose files the commands outside the
@@ -34,16 +34,17 @@ def load_config(path) -> dict:
 # The config sections an ablation arm may override: everything that shapes a QAT run except its
 # training settings, which stay the study's so that arms differ only in what they ablate.
 ARM_SECTIONS = ("distillation", "regularizer", "quant", "oscillation")
-# The config sections a model may override (models.<name>.<section>). Not distillation or the regularizer: the
-# ablation arms switch those on from the study's "off", and a model's own value would carry into the arms that
-# leave them alone (the baseline).
-MODEL_SECTIONS = ("quant", "oscillation")
+# The config sections a model may override (models.<name>.<section>): its training protocols, quant and oscillation.
+# Not distillation or the regularizer: the ablation arms switch those on from the study's "off", and a model's own
+# value would carry into the arms that leave them alone (the baseline).
+MODEL_SECTIONS = ("train", "qat", "quant", "oscillation")
 # The config's quant options that apply to the sensitivity analysis; first/last and attention bits do not, since
 # each group is measured at the sensitivity bit-width.
 SENSITIVITY_QUANT_OPTIONS = ("weight_per_channel", "act_asymmetric")
 # The config sections that decide a result of each training stage, its upstream stages' included (QAT fine-tunes
-# the FP32 model). Grid axes are left out (models, bits, seeds, ablation arms: adding one leaves the digests of
-# existing results alone), and so are settings that change no result (threads, figures, trt.transport).
+# the FP32 model), each with the model's own overrides applied (config_digest). Grid axes are left out (models,
+# bits, seeds, ablation arms: adding one leaves the digests of existing results alone), and so are settings that
+# change no result (threads, figures, trt.transport).
 _FP32_SECTIONS = ("dataset", "train")
 STAGE_SECTIONS = {
     "fp32": _FP32_SECTIONS,
@@ -68,40 +69,45 @@ def canonical(value):
 
 def merged_settings(config: dict, stage: str, model: str) -> dict:
     """Global `train` / `qat` settings with the model's own overrides applied."""
-    settings = {**config[stage], **config["models"][model].get(stage, {})}
+    settings = model_config(config, model)[stage]
     return canonical({k: v for k, v in settings.items() if k in _SETTING_KEYS})
 
 
 def qat_objective(config: dict) -> dict:
-    """QATSettings fields from the config's distillation, regularizer and oscillation sections."""
-    distill, reg, osc = config["distillation"], config["regularizer"], config["oscillation"]
-    return canonical(
-        {
-            "distill_weight": distill["weight"],
-            "distill_temperature": distill["temperature"],
-            "crops": distill["crops"],
-            "regularizer_weight": reg["weight"],
-            "oscillation_momentum": osc["momentum"],
-            "oscillation_threshold": osc["threshold"],
-            "freeze_threshold": osc["freeze_threshold"],
-            "freeze_threshold_final": osc["freeze_threshold_final"],
-            "freeze_max_bits": osc["freeze_max_bits"],
-        }
-    )
+    """QATSettings fields from the config's distillation, regularizer and oscillation sections (the key each field is
+    read from is declared on QATSettings)."""
+    return canonical(config_values(QATSettings, config))
 
 
-def config_digest(config: dict, stage: str, **settings) -> dict:
+def config_digest(config: dict, stage: str, model: str | None = None, arm: str | None = None, **settings) -> dict:
     """What decides a result of `stage` (fp32, ptq or qat) and of the rule that makes it: the stage's config
-    sections (STAGE_SECTIONS) plus the rule's own `settings` (a benchmark's, an analysis's), as a scope (which
-    sections, e.g. "qat+bench") and a hash of their values (16 hex digits of SHA-256, key order ignored).
+    sections (STAGE_SECTIONS) as `model`'s runs (in ablation arm `arm`) see them, its own overrides and the arm's
+    applied (model_config, arm_config), plus the rule's own `settings` (a benchmark's, an analysis's), as a scope
+    (which sections, e.g. "qat+bench") and a hash of their values (16 hex digits of SHA-256, key order ignored).
+    Without `model`, the study-wide sections. A model without overrides hashes the same as the study, so finished
+    results keep their digests.
 
-    Rules pass it as a param, so a result is rebuilt exactly when its digest changes: results of one scope made by
-    the workflow share a hash, and the tables refuse to mix hashes within a scope (qatstudy.provenance).
+    Rules pass it as a param, so a result is rebuilt exactly when its digest changes: results of one scope and
+    model made by the workflow share a hash, and the tables refuse to mix hashes within a scope, model and ablation
+    arm (qatstudy.provenance).
     """
+    if arm is not None:
+        config = arm_config(config, arm, model)
+    elif model is not None:
+        config = model_config(config, model)
     hashed = {section: config[section] for section in STAGE_SECTIONS[stage]}
     hashed["dataset"] = {k: v for k, v in hashed["dataset"].items() if k not in _UNHASHED_DATASET_KEYS}
     text = json.dumps(canonical({**hashed, **settings}), sort_keys=True)
     return {"scope": "+".join([stage, *sorted(settings)]), "hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def check_trt(trt: dict) -> None:
+    """Refuse `trt` settings that do not go together (the schema checks each key alone)."""
+    if trt["strongly_typed"] and {trt["float_precision"], *trt["float_baselines"]} != {"fp32"}:
+        raise ValueError(
+            "trt.strongly_typed takes every type from the ONNX files, whose float layers are FP32: set "
+            "trt.float_precision to fp32 and trt.float_baselines to [fp32]"
+        )
 
 
 def bit_tags(bits: list) -> list[str]:
@@ -206,14 +212,14 @@ def arm_models(config: dict, arm: str) -> list[str]:
     return list(models)
 
 
-def model_config(config: dict, model: str, schema: dict) -> dict:
-    """`config` with the model's own overrides of MODEL_SECTIONS applied (checked against the schema, an error naming
-    models.<model>.<section>.<key>)."""
+def model_config(config: dict, model: str, schema: dict | None = None) -> dict:
+    """`config` with the model's own overrides of MODEL_SECTIONS applied; with `schema`, checked against it (an error
+    naming models.<model>.<section>.<key>; the workflow checks every model's when it loads)."""
     spec = config["models"][model]
     return _with_overrides(config, {s: spec[s] for s in MODEL_SECTIONS if s in spec}, schema, f"models.{model}")
 
 
-def arm_config(config: dict, arm: str, model: str, schema: dict) -> dict:
+def arm_config(config: dict, arm: str, model: str, schema: dict | None = None) -> dict:
     """The config of `model`'s runs in ablation arm `arm`: the model's own overrides, then the arm's, so that a key
     the arm sets is what the arm ablates, whatever the model sets."""
     return _with_overrides(
@@ -231,21 +237,32 @@ def model_objective(config: dict, model: str, schema: dict) -> dict:
     return qat_objective(model_config(config, model, schema))
 
 
-def _with_overrides(config: dict, overrides: dict, schema: dict, where: str) -> dict:
-    """`config` with each of `overrides`' sections updated by its values; every key must be one of that section's
-    in the schema, and the merged config must validate (errors name `where`)."""
+def _with_overrides(config: dict, overrides: dict, schema: dict | None, where: str) -> dict:
+    """`config` with each of `overrides`' sections updated by its values; with `schema`, every key must be one of
+    that section's in the schema, and the merged config must validate (errors name `where`)."""
     merged = dict(config)
     for section, values in overrides.items():
-        known = schema["properties"][section]["properties"]
+        merged[section] = {**config[section], **values}
+    if schema is None:
+        return merged
+    for section, values in overrides.items():
+        known = _section_keys(schema, section)
         for key in values:
             if key not in known:
                 raise ValueError(f"{where}.{section}.{key}: unknown key; {section} has {', '.join(known)}")
-        merged[section] = {**config[section], **values}
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(merged))
     if error is not None:
         path = ".".join(str(p) for p in error.absolute_path)
         raise ValueError(f"{where}.{path}: {error.message}" if path else f"{where}: {error.message}")
     return merged
+
+
+def _section_keys(schema: dict, section: str) -> dict:
+    """The keys the schema allows in `section`; `train` and `qat` are the train_settings definition."""
+    entry = schema["properties"][section]
+    if "properties" in entry:
+        return entry["properties"]
+    return schema["definitions"][TRAIN_SETTINGS_DEFINITION]["properties"]
 
 
 def ablation_models(config: dict) -> list[str]:

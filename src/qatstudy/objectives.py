@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from torch import nn
 
 from .quant import quant_modules
 from .quant.oscillation import OscillationTracker
+from .stage_settings import QATSettings
 
 REGULARIZER_START = 0.25  # share of QAT before the bin regularizer starts (Huang et al.'s rel_decay_start)
 
@@ -61,19 +61,6 @@ def _bin_variances(values: torch.Tensor, integers: torch.Tensor, qmin: int, qmax
     squares = values.new_zeros(size).index_add(0, bins, values * values)
     several = count > 1
     return torch.where(several, (squares - total * total / count.clamp_min(1)) / (count - 1).clamp_min(1), 0.0)
-
-
-@dataclass(frozen=True)
-class QATSettings:
-    distill_weight: float = 0.0
-    distill_temperature: float = 4.0
-    crops: int = 1
-    regularizer_weight: float = 0.0
-    oscillation_momentum: float = 0.99
-    oscillation_threshold: float = 0.01
-    freeze_threshold: float | None = None
-    freeze_threshold_final: float | None = None
-    freeze_max_bits: int = 4
 
 
 class QATObjective:

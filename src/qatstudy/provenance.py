@@ -107,8 +107,11 @@ def hardware() -> dict:
     }
 
 
-def provenance(config_digest: dict | None = None, seed: int | None = None, qat_seed: int | None = None) -> dict:
-    """The provenance record of a result made now, in this process (in a SLURM job: its job id)."""
+def provenance(
+    config_digest: dict | None = None, seed: int | None = None, qat_seed: int | None = None, model: str | None = None
+) -> dict:
+    """The provenance record of a result made now, in this process (in a SLURM job: its job id). `model`: the model
+    whose config (its own overrides applied) the digest hashes."""
     digest = config_digest or {}
     return {
         **git_state(),
@@ -117,6 +120,7 @@ def provenance(config_digest: dict | None = None, seed: int | None = None, qat_s
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "config_scope": digest.get("scope"),
         "config_hash": digest.get("hash"),
+        "config_model": model,
         "seed": seed,
         "qat_seed": qat_seed,
     }
@@ -139,9 +143,13 @@ def _named(paths: list[str]) -> str:
 
 
 def mixed_configs(results: dict[str, dict]) -> list[str]:
-    """Descriptions of the kinds of result (config scope, and ablation arm) whose files carry more than one config
-    hash, naming each hash and the files that carry it, and of files without provenance among files with one.
-    `results` maps file names to their contents."""
+    """Descriptions of the kinds of result (config scope, model and ablation arm) whose files carry more than one
+    config hash, naming each hash and the files that carry it, and of files without provenance among files with one.
+    `results` maps file names to their contents.
+
+    Hashes are compared per model because each model's hash covers its own overrides (config.config_digest), so
+    models of one study may differ. A result's model is the one its provenance names, else its own `model` field
+    (results written before provenance named it, whose hashes are study-wide)."""
     problems = []
     bare = [path for path, result in results.items() if not result.get("provenance")]
     if bare and len(bare) < len(results):
@@ -153,10 +161,15 @@ def mixed_configs(results: dict[str, dict]) -> list[str]:
     for path, result in results.items():
         if result.get("provenance"):
             record = result["provenance"]
-            kinds[(record["config_scope"], result.get("arm"))][record["config_hash"]].append(path)
-    for (scope, arm), by_hash in kinds.items():
+            model = record.get("config_model") or result.get("model")
+            kinds[(record["config_scope"], model, result.get("arm"))][record["config_hash"]].append(path)
+    for (scope, model, arm), by_hash in kinds.items():
         if len(by_hash) > 1:
-            kind = f"'{scope}' results" + (f" of ablation arm '{arm}'" if arm else "")
+            kind = (
+                f"'{scope}' results"
+                + (f" of model '{model}'" if model else "")
+                + (f" of ablation arm '{arm}'" if arm else "")
+            )
             problems.append(
                 f"{kind} come from {len(by_hash)} different configs; "
                 + "; ".join(

@@ -20,8 +20,8 @@ from .checkpoints import build, load_checkpoint, save_checkpoint
 from .data import md5sum
 from .io import write_json
 from .models import count_parameters
-from .objectives import QATObjective, QATSettings
-from .settings import TrainSettings
+from .objectives import QATObjective
+from .stage_settings import BatchnormReestimation, QATSettings, TrainSettings
 from .train import evaluate, fit, training_device
 
 
@@ -129,19 +129,6 @@ def _quantized_from_fp32(
     )
     batchnorm = reestimate_batchnorm_if_better(model, splits, bn_reestimation, batch_size=batch_size, seed=seed)
     return model, ckpt, batchnorm
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchnormReestimation:
-    """The config's `calibration.batchnorm_images` and `calibration.batchnorm_min_gain` (docs/methods.md, "Batch
-    norm")."""
-
-    images: int = 0  # 0: off
-    min_gain: float = 0.0  # validation top-1 points the re-estimated statistics must gain to be kept
-
-    @classmethod
-    def from_config(cls, calibration: dict) -> BatchnormReestimation:
-        return cls(images=calibration["batchnorm_images"], min_gain=calibration["batchnorm_min_gain"])
 
 
 def reestimate_batchnorm_if_better(

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .batches import Splits, augment, iterate_batches
 from .io import atomic_path
 from .quant import quantizers
-from .settings import TrainSettings
+from .stage_settings import TrainSettings
 
 DEVICE_ENV = "QATSTUDY_DEVICE"
 

@@ -1,6 +1,6 @@
-"""Glue between Snakemake and the package for the entry points in workflow_scripts/: a job's provenance record, its
-thread budget, and the wrapper that runs its main function with its log. The config lookups the rules use are
-qatstudy.config's."""
+"""The runner of Snakemake jobs: what every entry point in workflow_scripts/ calls to run its main function with the
+rule's log (`run`), its thread budget (`job_threads`) and the provenance record of its result (`job_provenance`).
+The config lookups the rules use are qatstudy.config's."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from .provenance import provenance
 
 
 def job_provenance(snakemake) -> dict:
-    """The provenance record of a job's result: its rule's `config_digest` param and its seed wildcards (the FP32
-    model's `seed`, and the `qseed` of a PTQ or QAT run)."""
+    """The provenance record of a job's result: its rule's `config_digest` param, its `model` (whose config that
+    digest hashes) and its seed wildcards (the FP32 model's `seed`, and the `qseed` of a PTQ or QAT run)."""
     seeds = {
         name: int(snakemake.wildcards[key])
         for name, key in (("seed", "seed"), ("qat_seed", "qseed"))
         if snakemake.wildcards.get(key) is not None
     }
-    return provenance(snakemake.params.config_digest, **seeds)
+    return provenance(snakemake.params.config_digest, model=snakemake.wildcards.get("model"), **seeds)
 
 
 WORKFLOW_CORES_ENV = "QATSTUDY_WORKFLOW_CORES"
