@@ -29,6 +29,8 @@ LAYERS = {
     "quant.modules": BUILDING_BLOCKS,
     "quant.calibrate": BUILDING_BLOCKS,
     "quant.oscillation": BUILDING_BLOCKS,
+    # the config checks the Snakefile runs at load (they build each model in timm)
+    "preflight": BUILDING_BLOCKS,
     # checkpoints, calibration on the training split, the QAT objective, the training loop
     "checkpoints": MODEL_ASSEMBLY,
     "calibration": MODEL_ASSEMBLY,
