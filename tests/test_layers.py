@@ -36,6 +36,7 @@ LAYERS = {
     "calibration": MODEL_ASSEMBLY,
     "objectives": MODEL_ASSEMBLY,
     "train": MODEL_ASSEMBLY,
+    "divergence": MODEL_ASSEMBLY,
     # what makes a run's results from a checkpoint: training stages, the analysis
     "stages": STAGES,
     "analysis": STAGES,
