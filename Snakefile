@@ -6,7 +6,19 @@
 # Targets: all (tables and figures), bench (the benchmark table alone: no PTQ job), figures (charts only),
 #          ablation (the QAT ablation table), analysis (module sensitivity and variation tables).
 
-from snakemake.utils import min_version, validate
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+from qatstudy.preflight import (
+    ConfigError,
+    check_models,
+    default_cache_path,
+    interrupted_run_hint,
+    validate_config,
+)
 
 min_version("9.0")
 
@@ -14,7 +26,15 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "schemas/config.schema.yaml")
+# Checked now, so that a bad config stops `snakemake -n` in seconds with one message naming its key: the schema
+# (which also fills in defaults), then every model built once in timm on the meta device (qatstudy.preflight).
+try:
+    validate_config(config, Path(workflow.basedir, "schemas", "config.schema.yaml"))
+    check_models(config, cache_path=default_cache_path())
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+if workflow.is_main_process and "--unlock" not in sys.argv and interrupted_run_hint():
+    print(interrupted_run_hint(), file=sys.stderr)
 
 
 include: "rules/common.smk"

@@ -29,11 +29,14 @@ LAYERS = {
     "quant.modules": BUILDING_BLOCKS,
     "quant.calibrate": BUILDING_BLOCKS,
     "quant.oscillation": BUILDING_BLOCKS,
+    # the config checks the Snakefile runs at load (they build each model in timm)
+    "preflight": BUILDING_BLOCKS,
     # checkpoints, calibration on the training split, the QAT objective, the training loop
     "checkpoints": MODEL_ASSEMBLY,
     "calibration": MODEL_ASSEMBLY,
     "objectives": MODEL_ASSEMBLY,
     "train": MODEL_ASSEMBLY,
+    "divergence": MODEL_ASSEMBLY,
     # what makes a run's results from a checkpoint: training stages, the analysis
     "stages": STAGES,
     "analysis": STAGES,

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .batches import Splits, augment, iterate_batches
+from .divergence import DivergenceCheck
 from .io import atomic_path
 from .quant import quantizers
 from .stage_settings import TrainSettings
@@ -127,6 +128,7 @@ def fit(
             log(f"resumed {desc} from {resume_path} after epoch {state['epoch']}")
         else:
             log(f"ignoring {resume_path}: it was written with other settings")
+    check_divergence = DivergenceCheck(desc)  # a non-finite or exploding loss stops the run (qatstudy.divergence)
     for epoch in range(state["epoch"], settings.epochs):
         model.train()
         start = time.perf_counter()
@@ -150,6 +152,7 @@ def fit(
             if objective is not None:
                 progress = (epoch * steps_per_epoch + step) / (settings.epochs * steps_per_epoch)
                 loss = objective.loss(logits, loss, xb, progress)
+            check_divergence(loss.item(), epoch=epoch, step=step, num_classes=logits.shape[1])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
