@@ -9,6 +9,7 @@ set is never used for model selection. Torch-free: the workflow imports it when 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import pickle
@@ -155,46 +156,71 @@ def fetch_dataset(
     for file_name, expected in spec.files.items():
         dest = raw_dir / file_name
         tried = []
-        if dest.exists():
-            if md5sum(dest) in expected:
-                found[file_name] = dest
-                continue
-            tried.append(f"{dest}: present but checksum mismatch (expected MD5 {' or '.join(expected)})")
-        sources = [("mirror", d / file_name) for d in mirror_dirs] + [
-            ("url", u.rstrip("/") + "/" + file_name) for u in base_urls
-        ]
-        for kind, source in sources:
-            try:
-                if kind == "mirror":
-                    if not source.is_file():
-                        tried.append(f"{source}: not found")
-                        continue
-                    _copy_verified(lambda tmp, src=source: shutil.copyfile(src, tmp), dest, expected)
-                else:
-
-                    def download(tmp, url=source):
-                        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-                            shutil.copyfileobj(response, out)
-
-                    _copy_verified(download, dest, expected)
-            except (OSError, DatasetError) as err:
-                tried.append(f"{source}: {err}")
-                continue
-            found[file_name] = dest
-            break
-        else:
-            hint = (
-                "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
-                if name == "fashion_mnist"
-                else ""
-            )
-            raise DatasetError(
-                f"could not obtain {file_name} for dataset {name!r}. Tried:\n  - "
-                + "\n  - ".join(tried)
-                + f"\nTo fix: {hint}copy the file into {raw_dir}, or list a folder holding it under the config key "
-                "dataset.mirrors."
-            )
+        if not _already_present(dest, expected, tried) and not _fetch_first(
+            _sources(file_name, mirror_dirs, base_urls, timeout), dest, expected, tried
+        ):
+            raise _not_obtained(name, file_name, raw_dir, tried)
+        found[file_name] = dest
     return found
+
+
+def _already_present(dest: Path, expected: tuple[str, ...], tried: list[str]) -> bool:
+    """Whether `dest` is there with an accepted checksum; a file with another one is noted in `tried`."""
+    if not dest.exists():
+        return False
+    if md5sum(dest) in expected:
+        return True
+    tried.append(f"{dest}: present but checksum mismatch (expected MD5 {' or '.join(expected)})")
+    return False
+
+
+def _sources(file_name: str, mirror_dirs: list[Path], base_urls: list[str], timeout: float) -> list[tuple]:
+    """Where `file_name` may come from, in the order tried: each mirror folder, then each base URL; each with the
+    function that copies it to a temporary path (None for a mirror that lacks the file)."""
+
+    def copy(tmp, src):
+        shutil.copyfile(src, tmp)
+
+    def download(tmp, url):
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+
+    mirrored = [d / file_name for d in mirror_dirs]
+    urls = [u.rstrip("/") + "/" + file_name for u in base_urls]
+    return [(src, functools.partial(copy, src=src) if src.is_file() else None) for src in mirrored] + [
+        (url, functools.partial(download, url=url)) for url in urls
+    ]
+
+
+def _fetch_first(sources: list[tuple], dest: Path, expected: tuple[str, ...], tried: list[str]) -> bool:
+    """Fetch `dest` from the first of `sources` that gives a file with an accepted checksum; each failure is noted
+    in `tried`."""
+    for source, fetch in sources:
+        if fetch is None:
+            tried.append(f"{source}: not found")
+            continue
+        try:
+            _copy_verified(fetch, dest, expected)
+        except (OSError, DatasetError) as err:
+            tried.append(f"{source}: {err}")
+            continue
+        return True
+    return False
+
+
+def _not_obtained(name: str, file_name: str, raw_dir: Path, tried: list[str]) -> DatasetError:
+    """The error that names every source tried and how to supply the file."""
+    hint = (
+        "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
+        if name == "fashion_mnist"
+        else ""
+    )
+    return DatasetError(
+        f"could not obtain {file_name} for dataset {name!r}. Tried:\n  - "
+        + "\n  - ".join(tried)
+        + f"\nTo fix: {hint}copy the file into {raw_dir}, or list a folder holding it under the config key "
+        "dataset.mirrors."
+    )
 
 
 def read_idx(path: str | Path) -> np.ndarray:
