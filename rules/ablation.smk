@@ -57,7 +57,7 @@ use rule qat as ablation_qat with:
         identity=lambda w: canonical({**identity(w), "arm": w.arm}),
         objective=lambda w: qat_objective(ARM_CONFIG[w.arm, w.model]),
         quant=lambda w: canonical(ARM_CONFIG[w.arm, w.model]["quant"]),
-        config_digest=lambda w: config_digest(ARMS[w.arm], "qat"),
+        config_digest=lambda w: config_digest(config, "qat", model=w.model, arm=w.arm),
 
 
 rule ablation_table:
