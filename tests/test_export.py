@@ -216,6 +216,7 @@ def test_trt_layout_matches_fake_quant_below_8_bits(art):
         "unsigned_to_int8": 3,
         "unsigned_8bit_halved": 0,
         "weights_transposed": 0,
+        "transposes_before_quantizers": 0,
         "weights_int4": 1,
     }
     model = onnx.load(str(art["trt"]["w4a4"]))
@@ -287,6 +288,7 @@ def test_trt_layout_halves_the_step_of_unsigned_8_bit_activations(art):
         "unsigned_to_int8": 3,
         "unsigned_8bit_halved": 3,
         "weights_transposed": 0,
+        "transposes_before_quantizers": 0,
         "weights_int4": 0,
     }
     assert model.opset_import[0].version == export.OPSET  # no INT4 weight: the opset TensorRT 8.6 reads too
@@ -655,6 +657,25 @@ def test_fold_weight_quantizers_accepts_a_missing_zero_point():
     folded = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
     np.testing.assert_array_equal(folded, expected)
     assert numpy_helper.to_array(model.graph.initializer[-1]).dtype == np.uint8
+
+
+def test_prediction_check_compares_images_not_top1():
+    """Half of the images predicted otherwise at the same top-1 (the issue's mobilevit_xxs layout: 48.5% agreement,
+    6.0% top-1 both) is refused, saying by how much; the agreement is what the check returns."""
+    rng = np.random.default_rng(0)
+    expected = rng.normal(size=(200, 10)).astype(np.float32)
+    labels = expected.argmax(1).copy()
+    labels[100:] = (labels[100:] + 1) % 10  # PyTorch is right on the first half only
+    actual = expected.copy()
+    wrong = (labels[50:100] + 2) % 10
+    actual[np.arange(50, 100), wrong] = expected[50:100].max(1) + 1.0  # 50 right images become wrong...
+    actual[np.arange(150, 200), labels[150:]] = expected[150:].max(1) + 1.0  # ...and 50 wrong ones right
+    top1 = lambda logits: (logits.argmax(1) == labels).mean()  # noqa: E731
+    assert top1(actual) == top1(expected) == 0.5
+    with pytest.raises(RuntimeError, match=r"on 50.0% of 200 .* 49.0 points short of the 99.0%"):
+        export.check_predictions("the layout", actual, expected, labels, minimum=0.99)
+    check = export.check_predictions("the layout", actual, expected, labels, minimum=0.5)
+    assert check["argmax_agreement_vs_torch"] == 0.5 and check["check_top1"] == 50.0
 
 
 def test_output_check_tolerates_one_flipped_image_but_not_a_broken_graph():

@@ -199,17 +199,53 @@ def test_cpu_layout_runs_as_integer_kernels_and_matches_the_graph():
     assert (fused == before).mean() > 0.99 and np.abs(fused - before).max() <= 0.1 * 1.0001
 
 
+NO_TRANSPOSE_INT4 = {"transposes_before_quantizers": 0, "weights_int4": 0}
+
+
+def test_batchnorm_whose_folded_bias_int32_cannot_hold_stays():
+    """A batch norm with |gamma| / sigma = 1e-7 would fold into a weight step 1e7 times smaller but keep its beta:
+    at the product step that bias needs more than 2^31 steps, and onnxruntime's fused convolution computed that
+    channel as 0 instead of its beta. The norm stays; the convolution's output gets a calibrated quantizer."""
+    model = _conv_graph(in_bits=8, w_bits=4, gamma=np.array([1.0, -0.5, 1e-7, 0.8]), next_bits=4)
+    x = 4 * _x(64)
+    layout, report = qdq.cpu_layout(model, [x], "mse")
+    assert (report["bn_folded"], report["bn_left"], report["outputs_calibrated"]) == (0, 1, 1)
+    before, after = _run(model, x)[0], ort_sessions.session(layout).run(None, {"x": x})[0]
+    assert (after[:, 2] == before[:, 2]).all()  # the tiny channel: its beta, a constant
+    assert (after == before).mean() > 0.95 and np.abs(after - before).max() <= 0.1 * 1.0001
+
+
+def test_bias_int32_cannot_hold_is_refused():
+    model = _conv_graph(in_bits=8, w_bits=4, gamma=np.ones(2), next_bits=None)
+    g = qdq.Graph(model)
+    conv = next(n for n in g.graph.node if n.op_type == "Conv")
+    qdq._set_input(conv, 2, g.add_constant(np.array([0.0, 1e9], np.float32), "bias"))
+    with pytest.raises(ValueError, match="more than int32 holds"):
+        qdq.quantize_biases(g)
+
+
+@pytest.mark.parametrize("values", [(2.0, 3.0), (-3.0, -2.0)])
+def test_calibrated_range_away_from_zero_is_widened_to_reach_it(values):
+    """A uint8 range must hold 0; calibrated values all above (or all below) it get a range from 0 to their far
+    end, not a zero point clipped to 0 (or 255) that cuts that end off."""
+    low, high = values
+    params = qdq._calibrated_params(np.linspace(low, high, 1000).astype(np.float32), "minmax")
+    representable = (np.array([qdq.U8_MIN, qdq.U8_MAX]) - int(params.zero_point)) * params.scale
+    assert representable[0] <= min(low, 0.0) + 1e-6 and representable[1] >= max(high, 0.0) - 1e-6
+    assert params.scale == pytest.approx(3.0 / 255, rel=1e-6)
+
+
 def test_trt_layout_has_only_int8_zero_point_0():
     model = _conv_graph(in_bits=4, w_bits=4, gamma=np.ones(2), next_bits=8)
     layout, report = qdq.trt_layout(model)
-    assert report == {"unsigned_to_int8": 1, "unsigned_8bit_halved": 1, "weights_transposed": 0, "weights_int4": 0}
+    assert report == {"unsigned_to_int8": 1, "unsigned_8bit_halved": 1, "weights_transposed": 0, **NO_TRANSPOSE_INT4}
     g = qdq.Graph(layout)
     for node in g.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             assert g.constant(node.input[2]).dtype == np.int8 and not g.constant(node.input[2]).any()
     seven_bits = _conv_graph(in_bits=4, w_bits=4, gamma=np.ones(2), next_bits=7)
     small, report = qdq.trt_layout(seven_bits)
-    assert report == {"unsigned_to_int8": 1, "unsigned_8bit_halved": 0, "weights_transposed": 0, "weights_int4": 0}
+    assert report == {"unsigned_to_int8": 1, "unsigned_8bit_halved": 0, "weights_transposed": 0, **NO_TRANSPOSE_INT4}
     x = 4 * _x()
     np.testing.assert_array_equal(_run(small, x)[0], _run(seven_bits, x)[0])  # 0 .. 127 fits: exact
 

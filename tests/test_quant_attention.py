@@ -6,10 +6,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from timm.layers.attention import Attention
+from timm.models.cait import Cait
 from timm.models.swin_transformer import WindowAttention
 
-from helpers import export_quantized
-from qatstudy import quant
+from helpers import export_quantized, make_tiny_dataset
+from qatstudy import export, quant
+from qatstudy.batches import Splits
+from qatstudy.checkpoints import build, save_checkpoint
 from qatstudy.models import create_model
 from qatstudy.quant import QuantScheme, QuantViTAttention, QuantWindowAttention
 
@@ -96,3 +99,51 @@ def test_attention_quantized_model_exports_with_qdq_matmul_inputs(name):
     actual = ort.InferenceSession(exported, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert (actual.argmax(1) == expected.argmax(1)).all()
     assert np.abs(actual - expected).max() <= 0.05 * np.abs(expected).max()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("attention_data"), val_size=40)
+
+
+@pytest.mark.parametrize(
+    "arch, options",
+    [
+        ("vit_convstem_tiny", {"quantize_attention": True}),
+        ("swin_convstem_tiny", {"quantize_attention": True}),
+        ("vit_convstem_tiny", {"act_asymmetric": True}),
+    ],
+)
+def test_default_transformers_export_in_both_layouts(arch, options, tiny_data, tmp_path, monkeypatch):
+    """The study's default ViT and Swin (their own sizes: 64-wide, so the TensorRT file takes INT4 weights at opset
+    21) at W4A4 export with quantized attention, and with LSQ+ activations, through onnxruntime with its
+    optimizations on: the reference graph and the TensorRT layout compute PyTorch's function (K's Transpose comes
+    before its QuantizeLinear, else onnxruntime refused the file; MatMulNBits computes in fp32, else it refused
+    the LSQ+ reference graph)."""
+    monkeypatch.setattr(export, "MIN_APPROXIMATE_AGREEMENT", 0.5)  # an untrained model's logits are near ties
+    scheme = QuantScheme.from_tag("w4a4", **options)
+    torch.manual_seed(0)
+    model = build(arch, {}, num_classes=10, in_chans=1, scheme=scheme)
+    splits = Splits(tiny_data)
+    quant.calibrate(model, [splits.x["train"][:64]], method="mse")
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, model, arch=arch, kwargs={}, num_classes=10, image_shape=(1, 28, 28), scheme=scheme)
+    report = export.export_onnx(ckpt, tmp_path / "model.onnx", tmp_path / "model_trt.onnx", data=tiny_data)
+    assert report["reference_argmax_agreement_vs_torch"] == report["trt_argmax_agreement_vs_torch"] == 1.0
+    assert report["trt_agreement_required"] == export.MIN_AGREEMENT
+    assert report["trt_layout"]["weights_int4"] > 0
+    if options.get("quantize_attention"):
+        assert report["trt_layout"]["transposes_before_quantizers"] > 0
+
+
+def test_unknown_attention_class_is_refused_by_name():
+    """CaiT's TalkingHeadAttn and ClassAttn have no quantized counterpart: quantize_attention stops, naming them,
+    instead of leaving them float; a model without attention (a CNN) has nothing to refuse."""
+    cait = Cait(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=1, num_heads=2)
+    assert {cls for _, cls in quant.unsupported_attention(cait)} == {"TalkingHeadAttn", "ClassAttn"}
+    with pytest.raises(ValueError, match=r"quant.quantize_attention .* ClassAttn, TalkingHeadAttn"):
+        quant.quantize_model(cait, QuantScheme(4, 4, quantize_attention=True))
+    assert not any(isinstance(m, quant.QuantConv2d) for m in cait.modules())  # refused before anything changed
+    cnn = create_model("resnet10t", num_classes=10, in_chans=1, kwargs={"channels": [8, 8, 8, 8]})
+    quant.quantize_model(cnn, QuantScheme(4, 4, quantize_attention=True))
+    assert quant.unsupported_attention(_model("vit")) == []

@@ -122,6 +122,14 @@ def simplify(exported: onnx.ModelProto, x: np.ndarray, *, tolerance: float, what
     return simplified
 
 
+MIN_AGREEMENT = 0.99  # share of check images whose argmax must equal PyTorch's, for a graph meant to be exact
+# The onnxruntime layout is not exact (new 8-bit output quantizers; qdq.cpu_layout), nor is the TensorRT layout
+# where it halves unsigned 8-bit activations. Measured on the default study's W2A2 checkpoints (512 validation
+# images): onnxruntime layout 93.2% (ResNet) and 95.3% (ViT), TensorRT layout 99.8% and 100%. A broken graph
+# agrees by chance (a mobilevit_xxs layout agreed on 48.5% of images at the same top-1 as PyTorch).
+MIN_APPROXIMATE_AGREEMENT = 0.85
+
+
 def _compare(actual: np.ndarray, expected: np.ndarray, labels: np.ndarray) -> dict:
     return {
         "max_abs_diff_vs_torch": float(np.abs(actual - expected).max()),
@@ -130,34 +138,26 @@ def _compare(actual: np.ndarray, expected: np.ndarray, labels: np.ndarray) -> di
     }
 
 
-def export_onnx(
-    checkpoint: str | Path,
-    out_path: str | Path,
-    trt_path: str | Path,
-    *,
-    data: str | Path,
-    calib_images: int = 1024,
-    calib_method: str = "mse",
-    check_batch: int = 512,
-    tolerance: float = 0.05,
-    max_drop: float = 10.0,
-    seed: int = 0,
+def check_predictions(
+    what: str, actual: np.ndarray, expected: np.ndarray, labels: np.ndarray, *, minimum: float
 ) -> dict:
-    """Export a checkpoint as the onnxruntime layout (`out_path`) and the TensorRT layout (`trt_path`), both
-    simplified and checked against PyTorch on `check_batch` validation images; the onnxruntime layout's new
-    output quantizers calibrate on `calib_images` training images of `data` by `calib_method` (qdq.cpu_layout).
+    """`_compare`'s figures for `actual` logits against PyTorch's `expected`, and a RuntimeError saying by how much
+    it missed where fewer than `minimum` of the images have PyTorch's argmax: equal top-1 figures do not make equal
+    predictions."""
+    check = _compare(actual, expected, labels)
+    agreement = check["argmax_agreement_vs_torch"]
+    if agreement < minimum:
+        torch_top1 = 100.0 * float((expected.argmax(1) == labels).mean())
+        raise RuntimeError(
+            f"{what} predicts as PyTorch's fake-quant model on {100 * agreement:.1f}% of {len(expected)} validation "
+            f"images, {100 * (minimum - agreement):.1f} points short of the {100 * minimum:.1f}% required (top-1 "
+            f"{check['check_top1']:.1f}%, PyTorch {torch_top1:.1f}%)"
+        )
+    return check
 
-    The reference graph (Q/DQ where training quantized) must compute what PyTorch computes: float round-off upstream
-    of a quantizer (LayerNorm, softmax) can move a value across a rounding boundary and flip one integer step, so an
-    image's logits may differ, but more than MAX_DIFFERING_SHARE of the images differing by over `tolerance` x the
-    largest logit means a broken export (`_differs`). The two layouts are not exact (new 8-bit output quantizers;
-    unsigned 8-bit activations at half resolution for TensorRT), and at 2 or 3 bits one flipped step changes many
-    images' predictions (a W2A2 ResNet agreed with PyTorch on 86% of images at the same test top-1), so a layout
-    must instead not lose more than `max_drop` points of top-1 on the check images: that catches a broken layout,
-    not a small loss, which the test split's top-1 (measured separately, for accuracy.csv) shows.
-    """
-    model, ckpt = load_checkpoint(checkpoint)
-    shape = ckpt["image_shape"]
+
+def _exported(model: torch.nn.Module, shape) -> onnx.ModelProto:
+    """`model` in export mode (quantizers as clamp + Q/DQ), traced to ONNX with a dynamic batch and checked."""
     buffer = io.BytesIO()
     with quant.export_mode(model), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
@@ -173,31 +173,89 @@ def export_onnx(
         )
     exported = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(exported)
+    return exported
+
+
+def _reference(
+    exported: onnx.ModelProto, x: np.ndarray, expected: np.ndarray, labels: np.ndarray, *, tolerance: float, what
+) -> tuple[onnx.ModelProto, int, dict]:
+    """The simplified graph with integer weights (the layouts' common source), how many weight quantizers folded,
+    and its check against PyTorch: it must compute what PyTorch computes (`_differs`, and MIN_AGREEMENT)."""
+    reference = simplify(exported, x, tolerance=tolerance, what=what)
+    folded = fold_weight_quantizers(reference)
+    onnx.checker.check_model(reference)
+    actual = _logits(reference, x)
+    if (diff := _differs(actual, expected, tolerance)) is not None:
+        raise RuntimeError(
+            f"ONNX output differs from PyTorch by {diff:.3g} (largest logit {np.abs(expected).max():.3g}) for {what}"
+        )
+    check = check_predictions(f"the exported graph of {what}", actual, expected, labels, minimum=MIN_AGREEMENT)
+    return reference, folded, check
+
+
+def _is_exact(name: str, layout: dict) -> bool:
+    """Whether a layout computes the trained model's function (qdq's module docstring)."""
+    return name == "trt" and layout["unsigned_8bit_halved"] == 0
+
+
+def _check_layout(name: str, graph: onnx.ModelProto, layout: dict, x, expected, labels, *, tolerance: float, what):
+    """A layout's check: the argmax of MIN_AGREEMENT of the images where it is exact (and `_differs`' logit
+    tolerance), of MIN_APPROXIMATE_AGREEMENT elsewhere."""
+    actual = _logits(graph, x)
+    exact = _is_exact(name, layout)
+    if exact and (diff := _differs(actual, expected, tolerance)) is not None:
+        raise RuntimeError(f"the {name} layout of {what} differs from PyTorch by {diff:.3g}")
+    minimum = MIN_AGREEMENT if exact else MIN_APPROXIMATE_AGREEMENT
+    return {
+        **check_predictions(f"the {name} layout of {what}", actual, expected, labels, minimum=minimum),
+        "agreement_required": minimum,
+    }
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    out_path: str | Path,
+    trt_path: str | Path,
+    *,
+    data: str | Path,
+    calib_images: int = 1024,
+    calib_method: str = "mse",
+    check_batch: int = 512,
+    tolerance: float = 0.05,
+    seed: int = 0,
+) -> dict:
+    """Export a checkpoint as the onnxruntime layout (`out_path`) and the TensorRT layout (`trt_path`), both
+    simplified and checked against PyTorch on `check_batch` validation images; the onnxruntime layout's new
+    output quantizers calibrate on `calib_images` training images of `data` by `calib_method` (qdq.cpu_layout).
+
+    Every check compares predictions image by image (`check_predictions`). The reference graph (Q/DQ where training
+    quantized) must compute what PyTorch computes: float round-off upstream of a quantizer (LayerNorm, softmax) can
+    move a value across a rounding boundary and flip one integer step, so an image's logits may differ, but more
+    than MAX_DIFFERING_SHARE of the images differing by over `tolerance` x the largest logit means a broken export
+    (`_differs`), and so does an argmax differing on more than 1 - MIN_AGREEMENT of them. The TensorRT layout is
+    held to the same where it is exact; the onnxruntime layout (new 8-bit output quantizers) and a TensorRT layout
+    that halved unsigned 8-bit steps are not exact, and at 2 or 3 bits one flipped step changes many images'
+    predictions, so they must agree on MIN_APPROXIMATE_AGREEMENT of the images: that catches a broken layout, not
+    a small loss, which the test split's top-1 (measured separately, for accuracy.csv) and the agreement recorded
+    here show. Nothing is written unless every check passes.
+    """
+    model, ckpt = load_checkpoint(checkpoint)
+    exported = _exported(model, ckpt["image_shape"])
     splits = Splits(data)
     x, labels = splits.x["val"][:check_batch], splits.y["val"][:check_batch].numpy()  # real images, as calibrated
     with torch.no_grad():
         expected = model(x).numpy()
     x = x.numpy()
-    reference = simplify(exported, x, tolerance=tolerance, what=str(checkpoint))
-    folded = fold_weight_quantizers(reference)
-    onnx.checker.check_model(reference)
-    if (diff := _differs(_logits(reference, x), expected, tolerance)) is not None:
-        raise RuntimeError(
-            f"ONNX output differs from PyTorch by {diff:.3g} (largest logit "
-            f"{np.abs(expected).max():.3g}) for {checkpoint}"
-        )
+    what = str(checkpoint)
+    reference, folded, reference_check = _reference(exported, x, expected, labels, tolerance=tolerance, what=what)
     batches = (
         b.numpy() for b in calibration_batches(splits, images=calib_images, batch_size=CALIBRATION_BATCH, seed=seed)
     )
     flavours = {"cpu": qdq.cpu_layout(reference, batches, calib_method), "trt": qdq.trt_layout(reference)}
-    torch_top1 = 100.0 * float((expected.argmax(1) == labels).mean())
-    checks = {name: _compare(_logits(graph, x), expected, labels) for name, (graph, _) in flavours.items()}
-    for name, check in checks.items():
-        if check["check_top1"] < torch_top1 - max_drop:
-            raise RuntimeError(
-                f"the {name} layout of {checkpoint} has top-1 {check['check_top1']:.1f}% on {len(x)} "
-                f"validation images, PyTorch {torch_top1:.1f}%"
-            )
+    checks = {
+        name: _check_layout(name, graph, layout, x, expected, labels, tolerance=tolerance, what=what)
+        for name, (graph, layout) in flavours.items()
+    }
     for (graph, _), path in zip(flavours.values(), (out_path, trt_path)):
         with atomic_path(path) as tmp:
             onnx.save(graph, str(tmp))
@@ -205,7 +263,9 @@ def export_onnx(
     exported_q = _qdq_counts(exported)[0]
     return {
         **checks["cpu"],
-        "check_torch_top1": torch_top1,
+        "check_torch_top1": 100.0 * float((expected.argmax(1) == labels).mean()),
+        "check_images": len(x),
+        "reference_argmax_agreement_vs_torch": reference_check["argmax_agreement_vs_torch"],
         "onnx_bytes": Path(out_path).stat().st_size,
         "opset": OPSET,
         **quant.model_size_bytes(model),

@@ -40,6 +40,7 @@ from .ort_sessions import session
 from .quant.calibrate import init_asymmetric_range
 
 U8_MIN, U8_MAX = 0, 255
+INT32_MAX = np.iinfo(np.int32).max
 FUSED_OPS = (
     "QLinearConv",
     "MatMulIntegerToFloat",
@@ -178,7 +179,8 @@ def fold_batchnorm(g: Graph) -> tuple[int, int]:
 
     With factor f = gamma / sqrt(var + eps) per channel, the folded weight step is step * |f| and the stored
     integer is negated where f < 0, so the integers stay the trained ones and the function is unchanged. A BN left
-    in place has a channel with f = 0 or would need -128 negated (an 8-bit weight at the bottom of its range)."""
+    in place has a channel with f = 0, would need -128 negated (an 8-bit weight at the bottom of its range), or has
+    a channel whose folded bias int32 could not hold at the accumulator's step (`_bias_fits`)."""
     folded = left = 0
     for conv in quantized_layers(g, ("Conv",)):
         bn = g.only_consumer(conv.output[0])
@@ -196,16 +198,31 @@ def fold_batchnorm(g: Graph) -> tuple[int, int]:
             continue
         step = np.broadcast_to(g.constant(wdq.input[1]).astype(np.float64), factor.shape)
         bias = np.asarray(g.optional_constant(conv, 2, 0.0), np.float64)
+        conv_bias = (bias - mean.astype(np.float64)) * factor + beta.astype(np.float64)
+        if not _bias_fits(conv_bias, _QParams.of(g, _activation_dq(g, conv.input[0])), step * np.abs(factor)):
+            left += 1
+            continue
         wdq.input[0] = g.add_constant((q.astype(np.int16) * sign).astype(np.int8), "w_folded")
         wdq.input[1] = g.add_constant((step * np.abs(factor)).astype(np.float32), "w_step_folded")
         _set_input(wdq, 2, g.add_constant(np.zeros(factor.shape, np.int8), "w_zero"))
         _set_attr(wdq, "axis", 0)
-        conv_bias = (bias - mean.astype(np.float64)) * factor + beta.astype(np.float64)
         _set_input(conv, 2, g.add_constant(conv_bias.astype(np.float32), "conv_bias_folded"))
         conv.output[0] = bn.output[0]
         g.graph.node.remove(bn)
         folded += 1
     return folded, left
+
+
+def _bias_fits(bias: np.ndarray, x_params: _QParams | None, weight_step: np.ndarray) -> bool:
+    """Whether int32 holds `bias` at the accumulator's step (input step x weight step), however finely
+    spread_low_bit_weights later divides the weight step. The fold divides a channel's weight step by |gamma| /
+    sigma but not its beta: at |gamma| / sigma = 1e-6 the bias needs more than 2^31 steps, and onnxruntime's
+    fused convolution then computes that channel wrong (an int32 that wrapped around; a float bias it quantizes
+    itself)."""
+    if x_params is None:
+        return True
+    finest = x_params.scale * np.asarray(weight_step, np.float64) / WEIGHT_SPREAD_LIMIT
+    return bool(np.all(np.abs(bias) / finest <= INT32_MAX))
 
 
 # ----------------------------------------------------------------------------------- activation containers
@@ -350,8 +367,13 @@ def _calibrated_params(values: np.ndarray, method: str) -> _QParams:
     """uint8 parameters for a tensor from sample values, by the study's calibration method (quant.calibrate's
     asymmetric 8-bit range: min/max, percentile, or the range with the least squared error)."""
     step, offset = init_asymmetric_range(torch.from_numpy(values)[None, :], 8, method)
-    scale = np.float32(step[0])
-    return _QParams(float(scale), np.array(np.clip(np.round(-float(offset[0]) / scale), U8_MIN, U8_MAX), np.uint8))
+    low = float(offset[0])
+    high = low + U8_MAX * float(step[0])
+    # a uint8 zero point holds a range that contains 0; a calibrated range entirely above (or below) it is widened
+    # to reach 0, keeping its far end (clipping the zero point instead shifted the range and cut that end off)
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = np.float32(max((high - low) / U8_MAX, 1e-8))
+    return _QParams(float(scale), np.array(np.clip(np.round(-low / scale), U8_MIN, U8_MAX), np.uint8))
 
 
 SAMPLES_PER_TENSOR = 1 << 16
@@ -582,7 +604,9 @@ def widen_overflowing_weights(g: Graph) -> int:
 def quantize_biases(g: Graph) -> int:
     """Store each quantized Conv's and Gemm's float bias as int32 at step (input step x weight step) behind a
     DequantizeLinear, which onnxruntime's QLinearConv and QGemm take; returns how many. The rounding is at most
-    half a product step, far below any activation step."""
+    half a product step, far below any activation step. A bias that int32 cannot hold at that step (which
+    fold_batchnorm avoids) raises a ValueError naming the layer: cast, it would wrap around silently, and left
+    float onnxruntime quantizes it itself, as wrongly."""
     count = 0
     for node in quantized_layers(g, ("Conv", "Gemm")):
         if len(node.input) < 3 or not node.input[2] or g.constant(node.input[2]) is None:
@@ -600,7 +624,13 @@ def quantize_biases(g: Graph) -> int:
         w_step = g.constant(wdq.input[1]).astype(np.float64)
         bias = g.constant(node.input[2]).astype(np.float64)
         step = np.broadcast_to(x_params.scale * w_step, bias.shape).astype(np.float32)
-        q = np.round(bias / step.astype(np.float64)).astype(np.int32)
+        steps = np.round(bias / step.astype(np.float64))
+        if not np.all(np.abs(steps) <= INT32_MAX):
+            raise ValueError(
+                f"the bias of {node.op_type} {node.name or node.output[0]} needs up to {np.abs(steps).max():.3g} "
+                f"steps of {step.min():.3g} (input step x weight step), more than int32 holds"
+            )
+        q = steps.astype(np.int32)
         out = g.fresh(f"{node.input[2]}_dq")
         dq = helper.make_node(
             "DequantizeLinear",
@@ -695,6 +725,29 @@ def int4_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return g.model, count
 
 
+def quantize_before_transposes(g: Graph) -> int:
+    """Q -> DQ -> Transpose on an activation (per-tensor parameters, each the only consumer of the one before)
+    becomes Transpose -> Q -> DQ: the same values, since quantizing each element commutes with moving it; returns
+    how many. The attention's K enters its matmul through a Transpose; at opset 21 onnxruntime's optimizer moves
+    such a DequantizeLinear past the Transpose and writes a QuantizeLinear with a uint8 zero point for an int8
+    output, and refuses the file (`output_dtype INT8 does not match y_zero_point type UINT8`)."""
+    count = 0
+    for t in [n for n in g.graph.node if n.op_type == "Transpose"]:
+        dq = _activation_dq(g, t.input[0])
+        if dq is None or g.only_consumer(dq.output[0]) is not t or _QParams.of(g, dq) is None:
+            continue
+        q = g.producer(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or g.only_consumer(q.output[0]) is not dq:
+            continue
+        out = t.output[0]
+        t.input[0], t.output[0] = q.input[0], g.fresh(f"{out}_float")
+        q.input[0], dq.output[0] = t.output[0], out
+        g.graph.node.remove(t)
+        g.graph.node.insert(list(g.graph.node).index(q), t)
+        count += 1
+    return count
+
+
 def trt_layout(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """The layout TensorRT reads (module docstring): every activation Q/DQ symmetric int8 with zero point 0, and
     MatMul/Gemm weights that fit INT4 stored as INT4 (int4_weights). Returns the rewritten copy and how many
@@ -713,6 +766,7 @@ def trt_layout(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
 
     moved = _requantize_pairs(g, convert)
     transposed = fold_weight_transposes(g)
+    activations_transposed = quantize_before_transposes(g)
     g.drop_unused_constants()
     rewritten, int4 = int4_weights(g.model)
     onnx.checker.check_model(rewritten)
@@ -720,5 +774,6 @@ def trt_layout(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
         "unsigned_to_int8": moved,
         "unsigned_8bit_halved": len(halved),
         "weights_transposed": transposed,
+        "transposes_before_quantizers": activations_transposed,
         "weights_int4": int4,
     }

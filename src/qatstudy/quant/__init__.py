@@ -1,6 +1,12 @@
 """Quantization: LSQ quantizers, layer wrapping, calibration (one small module family)."""
 
-from .attention import QuantViTAttention, QuantWindowAttention, attention_modules, quantize_attention
+from .attention import (
+    QuantViTAttention,
+    QuantWindowAttention,
+    attention_modules,
+    quantize_attention,
+    unsupported_attention,
+)
 from .calibrate import (
     CALIBRATION_METHODS,
     batchnorms,
@@ -48,4 +54,5 @@ __all__ = [
     "quantize_model",
     "quantizers",
     "reestimate_batchnorm",
+    "unsupported_attention",
 ]

@@ -78,9 +78,44 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if type(m) in _QUANT_ATTENTION]
 
 
+def _named_attention(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return "Attention" in name or name.endswith("Attn")
+
+
+def _is_attention(module: nn.Module) -> bool:
+    """Whether `module` is an attention module by timm's naming (Attention, WindowAttention, CaiT's TalkingHeadAttn
+    and ClassAttn, ...) holding no other one (CaiT's LayerScaleBlockClassAttn is a block around a ClassAttn); the
+    quantized classes are not."""
+    return (
+        _named_attention(module)
+        and not isinstance(module, QuantAttentionMixin)
+        and not any(_named_attention(m) for m in module.modules() if m is not module)
+    )
+
+
+def unsupported_attention(model: nn.Module, names: Collection[str] | None = None) -> list[tuple[str, str]]:
+    """(module name, class name) of each attention module of `model` (or of those named in `names`) that
+    quantize_attention cannot swap."""
+    return [
+        (name, type(m).__name__)
+        for name, m in model.named_modules()
+        if _is_attention(m) and type(m) not in _QUANT_ATTENTION and (names is None or name in names)
+    ]
+
+
 def quantize_attention(model: nn.Module, bits: int, names: Collection[str] | None = None) -> int:
     """Swap every timm Attention / WindowAttention of `model` in place, or only those named in
-    `names`; returns how many."""
+    `names`; returns how many. An attention class it does not know raises a ValueError naming it, before anything
+    is swapped: quantizing nothing there would silently train another scheme than the one configured."""
+    if unknown := unsupported_attention(model, names):
+        classes = sorted({cls for _, cls in unknown})
+        raise ValueError(
+            f"quant.quantize_attention is set, but {type(model).__name__} has attention modules of class "
+            f"{', '.join(classes)} (first: {unknown[0][0]}) whose internals qatstudy.quant cannot quantize; it "
+            f"quantizes {', '.join(sorted(c.__name__ for c in _QUANT_ATTENTION))}. Unset quant.quantize_attention "
+            "for this model"
+        )
     count = 0
     for name, module in attention_modules(model):
         if names is not None and name not in names:
