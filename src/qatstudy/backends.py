@@ -36,15 +36,19 @@ def openvino_model(path: str | Path, threads: int):
     return ov.Core().compile_model(str(path), "CPU", config)
 
 
+def openvino_predictor(compiled) -> Predict:
+    """A function from an input batch to the logits of an OpenVINO compiled model (openvino_model)."""
+    request, output = compiled.create_infer_request(), compiled.output(0)
+    return lambda x: request.infer({0: x})[output]
+
+
 def predictor(backend: str, path: str | Path, threads: int) -> Predict:
     """A function from an input batch (float32, NCHW) to the model's logits on `backend`."""
     if backend == ONNXRUNTIME:
         sess = session(path, threads)
         return lambda x: sess.run(None, {"input": x})[0]
     if backend == OPENVINO:
-        compiled = openvino_model(path, threads)
-        request, output = compiled.create_infer_request(), compiled.output(0)
-        return lambda x: request.infer({0: x})[output]
+        return openvino_predictor(openvino_model(path, threads))
     raise ValueError(f"unknown backend {backend!r}: one of {ONNXRUNTIME}, {OPENVINO}")
 
 
@@ -82,11 +86,16 @@ def predictions(predict: Predict, x: np.ndarray, batch_size: int = 500) -> np.nd
     )
 
 
+def top1(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """The share of correct classes, in %."""
+    return 100.0 * int((predicted == labels).sum()) / len(labels)
+
+
 def deployed_accuracy(predict: Predict, reference: Predict, data: str | Path) -> dict:
     """Test top-1 (%) on `predict`, and the share of test images on which its class agrees with `reference`'s."""
     x, y = test_split(data)
     predicted, expected = predictions(predict, x), predictions(reference, x)
     return {
-        "deployed_top1": 100.0 * float((predicted == y).mean()),
+        "deployed_top1": top1(predicted, y),
         "agreement": float((predicted == expected).mean()),
     }

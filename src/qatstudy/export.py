@@ -22,6 +22,7 @@ import torch
 from onnx import numpy_helper
 
 from . import qdq, quant
+from .backends import ONNXRUNTIME, predictions, predictor, test_split, top1
 from .batches import Splits
 from .calibration import calibration_batches
 from .checkpoints import load_checkpoint
@@ -285,11 +286,5 @@ def export_onnx(
 
 def onnx_top1(onnx_path: str | Path, data: str | Path, *, threads: int = 1, batch_size: int = 500) -> float:
     """Deployed accuracy: top-1 of the ONNX model on the test split, in onnxruntime."""
-    splits = Splits(data)
-    sess = session(onnx_path, threads)
-    x, y = splits.x["test"].numpy(), splits.y["test"].numpy()
-    correct = 0
-    for start in range(0, len(y), batch_size):
-        logits = sess.run(None, {"input": x[start : start + batch_size]})[0]
-        correct += int((logits.argmax(axis=1) == y[start : start + batch_size]).sum())
-    return 100.0 * correct / len(y)
+    x, y = test_split(data)
+    return top1(predictions(predictor(ONNXRUNTIME, onnx_path, threads), x, batch_size), y)
